@@ -1,0 +1,492 @@
+"""The task schema: `task.yaml` -> TaskConfig. Pure Python + PyYAML, imported by both sides.
+
+The laptop validates a task completely with this module before a byte is pushed; the host runs
+the very same code again on the resolved config. Every problem is collected and reported at once,
+each naming the file, the line and the key, with a hint.
+"""
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TASK_FILE = "task.yaml"
+TASK_KINDS = ("sft", "orpo", "dpo", "classification")
+DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text", "preference", "classification")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+)
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "adafactor",
+    "sgd",
+)
+STRATEGIES = ("no", "steps", "epoch")
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a task, located as precisely as we can."""
+
+    where: str  # "tasks/hr/task.yaml:12" or "tasks/hr/data/train.jsonl:40"
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class TaskError(Exception):
+    """Raised with every problem found, so the user fixes them all in one go."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def choice(*values: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    """Training files (JSONL, JSON, CSV, Parquet), relative to the task dir, or `hub:owner/name[:split]`."""
+    eval: list[str] = field(default_factory=list)
+    """Evaluation files; empty means split `eval_split` off the training data."""
+    test: list[str] = field(default_factory=list)
+    """Held-out files for the sample generations and the eval suite."""
+    format: str = choice(*DATA_FORMATS, default="auto")
+    """Row format; `auto` detects it per file and rejects a mix."""
+    eval_split: float = 0.0
+    """Fraction of the training rows held out for evaluation when `eval` is empty."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt in prompt/response data."""
+    response_column: str = "response"
+    """Column holding the response in prompt/response data."""
+    system_prompt: str = ""
+    """System message prepended to every conversation that has none."""
+    fraction: float = 1.0
+    """Use only this fraction of the training rows (after shuffling)."""
+    shuffle: bool = True
+    """Shuffle the training rows before use."""
+    seed: int = 42
+    """Seed for shuffling and splitting."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (effective scale alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt, or `all-linear`."""
+    bias: str = choice("none", "all", "lora_only", default="none")
+    """Which biases to train."""
+
+
+@dataclass
+class QuantizationConfig:
+    load_in_4bit: bool = False
+    """QLoRA: load the base model in 4 bit."""
+    load_in_8bit: bool = False
+    """Load the base model in 8 bit."""
+    bnb_4bit_quant_type: str = choice("nf4", "fp4", default="nf4")
+    """4-bit data type."""
+    bnb_4bit_use_double_quant: bool = True
+    """Quantize the quantization constants too (saves ~0.4 bit/param)."""
+    bnb_4bit_compute_dtype: str = choice("bfloat16", "float16", "float32", default="bfloat16")
+    """Dtype the 4-bit matmuls compute in."""
+
+
+@dataclass
+class TrainingConfig:
+    num_train_epochs: float = 3.0
+    """Epochs; ignored when `max_steps` > 0."""
+    max_steps: int = -1
+    """Total optimizer steps; -1 means use epochs."""
+    per_device_train_batch_size: int = 4
+    """Rows per device per forward pass."""
+    per_device_eval_batch_size: int = 4
+    """Rows per device per eval pass."""
+    gradient_accumulation_steps: int = 1
+    """Forward passes per optimizer step."""
+    learning_rate: float = 2e-4
+    """Peak learning rate (2e-4 suits LoRA; full fine-tunes want ~2e-5)."""
+    lr_scheduler_type: str = choice(*SCHEDULERS, default="cosine")
+    """Learning-rate schedule."""
+    warmup_steps: float = 0.0
+    """Warmup: steps, or a fraction of the total when below 1."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    optim: str = choice(*OPTIMIZERS, default="adamw_torch")
+    """Optimizer."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory."""
+    bf16: bool = False
+    """Train in bfloat16 (Ampere and newer)."""
+    fp16: bool = False
+    """Train in float16."""
+    max_length: int = 1024
+    """Longest tokenized example; longer ones are truncated."""
+    packing: bool = False
+    """Pack several short examples into one sequence."""
+    logging_steps: int = 10
+    """Log loss and learning rate every N steps."""
+    eval_strategy: str = choice(*STRATEGIES, default="steps")
+    """When to evaluate."""
+    eval_steps: int = 50
+    """Evaluate every N steps (with eval_strategy: steps)."""
+    save_strategy: str = choice(*STRATEGIES, default="steps")
+    """When to save a checkpoint."""
+    save_steps: int = 100
+    """Checkpoint every N steps (with save_strategy: steps)."""
+    save_total_limit: int = 3
+    """Keep at most N checkpoints."""
+    load_best_model_at_end: bool = False
+    """Reload the best checkpoint (by `metric_for_best_model`) when training ends."""
+    metric_for_best_model: str = "eval_loss"
+    """Metric that picks the best checkpoint."""
+    seed: int = 42
+    """Seed for initialisation and data order."""
+
+
+@dataclass
+class TaskConfig:
+    base_model: str = ""
+    """Hub id, local path, or `builtin:tiny` (a tiny random model built on the spot)."""
+    task: str = choice(*TASK_KINDS, default="sft")
+    """What to train: sft, orpo, dpo or classification."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the rows are and what they look like."""
+    lora: LoraConfig | None = field(default_factory=LoraConfig)
+    """LoRA adapter; `lora: null` means a full fine-tune."""
+    quantization: QuantizationConfig | None = None
+    """Load the base model quantized (QLoRA)."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Optimizer, schedule, batch sizes, logging, checkpoints."""
+
+
+# Names from older transformers/TRL versions and from the seed documents -> the current key.
+RENAMED_KEYS = {
+    "training.max_seq_length": "training.max_length",
+    "training.evaluation_strategy": "training.eval_strategy",
+    "training.warmup_ratio": "training.warmup_steps",
+    "training.epochs": "training.num_train_epochs",
+    "training.optimizer": "training.optim",
+    "lora.lora_alpha": "lora.alpha",
+    "lora.lora_dropout": "lora.dropout",
+    "lora.rank": "lora.r",
+    "max_seq_length": "training.max_length",
+    "load_in_4bit": "quantization.load_in_4bit",
+    "load_in_8bit": "quantization.load_in_8bit",
+    "method": "task",
+}
+# Keys that are accepted and ignored, with why.
+IGNORED_KEYS = {
+    "torch_dtype": "the dtype follows training.bf16/fp16",
+    "dtype": "the dtype follows training.bf16/fp16",
+}
+
+
+def load_task(
+    task_dir: Path | str,
+    overrides: list[str] | tuple[str, ...] = (),
+    experiment: str | None = None,
+    notices: list[str] | None = None,
+) -> TaskConfig:
+    """Read `task.yaml` (+ an experiment overlay + `--set` overrides) into a checked TaskConfig."""
+    task_dir = Path(task_dir)
+    path = task_dir / TASK_FILE
+    if not task_dir.is_dir():
+        raise TaskError([Problem(str(task_dir), "no such task directory", "pass a folder that holds task.yaml")])
+    if not path.is_file():
+        raise TaskError([Problem(str(task_dir), f"no {TASK_FILE} here", f"create {path} (see README: task.yaml)")])
+    raw, lines = _read_yaml(path)
+    if experiment:
+        exp_path = task_dir / "experiments" / f"{experiment}.yaml"
+        if not exp_path.is_file():
+            known = sorted(p.stem for p in (task_dir / "experiments").glob("*.yaml"))
+            raise TaskError(
+                [Problem(str(exp_path), "no such experiment", f"known experiments: {', '.join(known) or 'none'}")]
+            )
+        overlay, exp_lines = _read_yaml(exp_path)
+        raw = deep_merge(raw, overlay)
+        lines.update(exp_lines)
+    problems: list[Problem] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(Problem("--set", f"{item!r} is not key=value", "example: --set training.max_steps=300"))
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        set_path(raw, key.strip(), value)
+        lines[key.strip()] = "--set"
+    return config_from_dict(raw, where=lambda key: _where(path, lines, key), notices=notices, problems=problems)
+
+
+def config_from_dict(
+    raw: dict,
+    where=lambda key: key,
+    notices: list[str] | None = None,
+    problems: list[Problem] | None = None,
+) -> TaskConfig:
+    """Build a TaskConfig from plain data, collecting every problem before raising."""
+    problems = problems if problems is not None else []
+    notices = notices if notices is not None else []
+    if not isinstance(raw, dict):
+        raise TaskError([Problem(where(""), "the task must be a mapping of keys", "see README: task.yaml")])
+    raw = _translate_old_names(raw, where, notices)
+    config = _build(TaskConfig, raw, "", where, problems)
+    _check_semantics(config, where, problems)
+    if problems:
+        raise TaskError(problems)
+    return config
+
+
+def config_to_dict(config: TaskConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Overlay wins; nested mappings merge key by key; lists are replaced, not appended."""
+    merged = dict(base)
+    for key, value in (overlay or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_path(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    """Parse YAML, and remember the line of every key so errors can point at it."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TaskError([Problem(f"{path}{line}", f"not valid YAML: {reason}", "check indentation and quoting")])
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TaskError([Problem(f"{path}:1", "the file must be a mapping of keys", "see README: task.yaml")])
+    lines: dict[str, int] = {}
+
+    def walk(n, prefix):
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+
+    walk(node, "")
+    return data, {k: f"{path}:{v}" for k, v in lines.items()}
+
+
+def _where(path: Path, lines: dict[str, str], key: str) -> str:
+    probe = key
+    while probe:
+        if probe in lines:
+            return f"{lines[probe]}: {key}" if lines[probe] != "--set" else f"--set {key}"
+        probe = probe.rpartition(".")[0]
+    return f"{path}: {key}" if key else str(path)
+
+
+def _translate_old_names(raw: dict, where, notices: list[str]) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for old, new in RENAMED_KEYS.items():
+        section, _, leaf = old.rpartition(".")
+        holder = raw.get(section) if section else raw
+        if not isinstance(holder, dict) or leaf not in holder:
+            continue
+        value = holder.pop(leaf)
+        set_path(raw, new, value)
+        notices.append(f"{where(old)}: `{old}` is now `{new}`; translated")
+    for old, why in IGNORED_KEYS.items():
+        if old in raw:
+            raw.pop(old)
+            notices.append(f"{where(old)}: `{old}` ignored: {why}")
+    return raw
+
+
+def _build(cls, raw: Any, prefix: str, where, problems: list[Problem]):
+    if not isinstance(raw, dict):
+        problems.append(Problem(where(prefix), f"expected a mapping, got {_kind(raw)}", f"write {prefix}: as keys"))
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(fields)}"
+            problems.append(Problem(where(dotted), "unknown key", hint))
+            continue
+        kwargs[key] = _coerce(value, hints[key], fields[key], dotted, where, problems)
+    return cls(**kwargs)
+
+
+def _coerce(value, annotation, fld, dotted, where, problems):
+    optional = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        annotation = args[0]
+        origin = typing.get_origin(annotation)
+    if value is None:
+        if optional:
+            return None
+        problems.append(Problem(where(dotted), "must not be empty", "give it a value or remove the key"))
+        return _default(fld)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, dotted, where, problems)
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        bad = [i for i in items if not isinstance(i, str)]
+        if bad:
+            problems.append(Problem(where(dotted), "expected a list of strings", f"got {bad[0]!r}"))
+        return [str(i) for i in items]
+    coerced = _scalar(value, annotation)
+    if coerced is _INVALID:
+        problems.append(
+            Problem(where(dotted), f"expected {annotation.__name__}, got {value!r}", f"example: {_example(annotation)}")
+        )
+        return _default(fld)
+    choices = fld.metadata.get("choices")
+    if choices and coerced not in choices:
+        close = difflib.get_close_matches(str(coerced), choices, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else f"one of: {', '.join(choices)}"
+        problems.append(Problem(where(dotted), f"{coerced!r} is not allowed", hint))
+    return coerced
+
+
+_INVALID = object()
+
+
+def _scalar(value, annotation):
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
+            return value.lower() in ("true", "yes", "on")
+        return _INVALID
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            return _INVALID
+        if isinstance(value, str):  # PyYAML reads `1e-5` (no dot) as a string
+            try:
+                value = float(value.strip().replace("_", ""))
+            except ValueError:
+                return _INVALID
+        if not isinstance(value, (int, float)):
+            return _INVALID
+        if annotation is int:
+            return int(value) if float(value).is_integer() else _INVALID
+        return float(value)
+    if annotation is str:
+        return value if isinstance(value, str) else str(value) if isinstance(value, (int, float)) else _INVALID
+    return value
+
+
+def _example(annotation) -> str:
+    return {int: "8", float: "2e-4", bool: "true", str: "a string"}.get(annotation, "see README")
+
+
+def _default(fld):
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()
+    return None if fld.default is dataclasses.MISSING else fld.default
+
+
+def _kind(value) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_semantics(config: TaskConfig, where, problems: list[Problem]) -> None:
+    if not config.base_model:
+        problems.append(Problem(where("base_model"), "missing", "e.g. base_model: Qwen/Qwen3-4B, or builtin:tiny"))
+    elif config.base_model.startswith("builtin:") and config.base_model != "builtin:tiny":
+        problems.append(Problem(where("base_model"), f"unknown builtin {config.base_model!r}", "use builtin:tiny"))
+    if not config.data.train:
+        problems.append(Problem(where("data.train"), "no training data", "data: {train: [data/train.jsonl]}"))
+    t = config.training
+    positive = {
+        "training.per_device_train_batch_size": t.per_device_train_batch_size,
+        "training.per_device_eval_batch_size": t.per_device_eval_batch_size,
+        "training.gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "training.max_length": t.max_length,
+        "training.logging_steps": t.logging_steps,
+        "training.learning_rate": t.learning_rate,
+    }
+    for key, value in positive.items():
+        if value is not None and value <= 0:
+            problems.append(Problem(where(key), f"must be > 0, got {value}", "use a positive number"))
+    if t.max_steps <= 0 and t.num_train_epochs <= 0:
+        problems.append(Problem(where("training.max_steps"), "neither max_steps nor epochs is > 0", "max_steps: 300"))
+    if t.bf16 and t.fp16:
+        problems.append(Problem(where("training.fp16"), "bf16 and fp16 are both on", "pick one"))
+    if not 0 <= config.data.eval_split < 1:
+        problems.append(Problem(where("data.eval_split"), "must be in [0, 1)", "e.g. eval_split: 0.1"))
+    if not 0 < config.data.fraction <= 1:
+        problems.append(Problem(where("data.fraction"), "must be in (0, 1]", "e.g. fraction: 0.5"))
+    q = config.quantization
+    if q and q.load_in_4bit and q.load_in_8bit:
+        problems.append(Problem(where("quantization"), "4-bit and 8-bit are both on", "pick one"))
+    if config.lora:
+        if config.lora.r <= 0:
+            problems.append(Problem(where("lora.r"), "must be > 0", "typical: 8, 16, 32"))
+        if not 0 <= config.lora.dropout < 1:
+            problems.append(Problem(where("lora.dropout"), "must be in [0, 1)", "typical: 0.05"))
+
+
+def data_files(config: TaskConfig) -> list[tuple[str, str]]:
+    """(split, path) for every local data file the task names (hub datasets excluded)."""
+    out = []
+    for split in ("train", "eval", "test"):
+        for item in getattr(config.data, split):
+            if not item.startswith("hub:"):
+                out.append((split, item))
+    return out

@@ -1,0 +1,59 @@
+"""events.jsonl: the contract between the trainer and the launcher's `logs -f` and `status`.
+
+One JSON object per line, appended and flushed at once, so a reader following byte offsets
+never sees half a record (it only consumes up to the last newline).
+    {"t": 1700000000.0, "kind": "log"|"eval"|"save"|"start"|"done"|"error"|"alarm", "step": 10, "total_steps": 60, ...}
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+EVENTS_FILE = "events.jsonl"
+
+
+class EventWriter:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def emit(self, kind: str, **fields) -> dict:
+        record = {"t": round(time.time(), 3), "kind": kind, **{k: _jsonable(v) for k, v in fields.items()}}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+        return record
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan"/"inf": JSON has no literal for them, the launcher alarms on these
+    return value
+
+
+def events_callback(writer: EventWriter):
+    """A transformers TrainerCallback that mirrors logs, evals and saves into events.jsonl."""
+    from transformers import TrainerCallback
+
+    class EventsCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            writer.emit("train_begin", step=state.global_step, total_steps=state.max_steps, epochs=args.num_train_epochs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            kind = "eval" if any(k.startswith("eval_") for k in logs) else "log"
+            if "train_runtime" in logs:
+                kind = "summary"
+            logs.setdefault("epoch", state.epoch)
+            writer.emit(kind, step=state.global_step, total_steps=state.max_steps, **logs)
+
+        def on_save(self, args, state, control, **kwargs):
+            writer.emit(
+                "save",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                checkpoint=f"checkpoint-{state.global_step}",
+            )
+
+    return EventsCallback()

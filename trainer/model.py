@@ -1,0 +1,81 @@
+"""The base model and tokenizer: hub id, local path or builtin; dtype, quantization, LoRA spec."""
+
+from pathlib import Path
+
+from trainer.config import TaskConfig
+from trainer.tiny import ensure_tiny, is_builtin
+
+
+def resolve_base_model(config: TaskConfig, cache_dir: Path | None = None) -> str:
+    """A hub id or a local folder that from_pretrained understands."""
+    if is_builtin(config.base_model):
+        return str(ensure_tiny(cache_dir))
+    return config.base_model
+
+
+def torch_dtype(config: TaskConfig):
+    import torch
+
+    if config.training.bf16:
+        return torch.bfloat16
+    if config.training.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def quantization_config(config: TaskConfig):
+    q = config.quantization
+    if not q or not (q.load_in_4bit or q.load_in_8bit):
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if q.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
+    )
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:  # many causal LMs ship without one; batching needs it
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config: TaskConfig, name_or_path: str, num_labels: int | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs = {"dtype": torch_dtype(config)}
+    quant = quantization_config(config)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    if config.task == "classification":
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+
+
+def lora_spec(config: TaskConfig):
+    """peft.LoraConfig from the task's lora section (None for a full fine-tune)."""
+    if config.lora is None:
+        return None
+    from peft import LoraConfig
+
+    modules = config.lora.target_modules
+    target = "all-linear" if modules == ["all-linear"] else modules
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=target,
+        bias=config.lora.bias,
+        task_type="SEQ_CLS" if config.task == "classification" else "CAUSAL_LM",
+    )

@@ -1,0 +1,155 @@
+"""`base_model: builtin:tiny` — a tiny random Qwen2-style model and BPE tokenizer, built on the spot.
+
+Nothing can be downloaded in CI or on an air-gapped host, yet the whole loop (and every recipe)
+must train for real. This builds a deterministic few-layer model and a byte-level BPE tokenizer
+with a ChatML chat template carrying `{% generation %}` markers, and caches it on disk.
+
+The BPE is trained with exactly Qwen2's normalizer, split regex and byte-level decoder, because
+`AutoTokenizer` on a folder whose config says `qwen2` rebuilds the tokenizer with those; any other
+pre-tokenizer would silently change the token ids between building and loading.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Bump when the built artifact changes, so stale caches are never reused.
+TINY_VERSION = "3"
+BUILTIN_PREFIX = "builtin:"
+KNOWN_BUILTINS = ("tiny",)
+
+QWEN2_SPLIT_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# ChatML, as Qwen uses it. The assistant turn's content *and* its <|im_end|> sit inside the
+# generation block: that is what assistant-only loss trains, so the model learns to stop.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
+    "{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# A small fixed corpus, so the vocabulary (and therefore every token id) is deterministic.
+_CORPUS_LINES = [
+    "You are a helpful assistant. Answer with a JSON function call.",
+    "How many vacation days do I have left this year?",
+    "I want to request leave from Monday to Friday for a family trip.",
+    "Show me my payslip for last month, please.",
+    "What is my salary after tax? Please update my home address.",
+    "List the public holidays for next quarter.",
+    '{"name": "get_leave_balance", "arguments": {"leave_type": "annual"}}',
+    '{"name": "request_leave", "arguments": {"start_date": "2026-03-02", "end_date": "2026-03-06"}}',
+    '{"name": "query_salary", "arguments": {"month": "2026-01"}}',
+    '{"name": "get_payslip", "arguments": {"month": "2026-02"}}',
+    '{"name": "update_address", "arguments": {"address": "12 Park Road"}}',
+    '{"name": "list_holidays", "arguments": {"year": 2026}}',
+    "我还有几天年假？帮我查一下病假余额。",
+    "我想从下周一到周五请假，回老家。",
+    "请把上个月的工资条发给我。查询我的工资。",
+    "我搬家了，请更新我的住址。今年有哪些法定节假日？",
+    "The quick brown fox jumps over the lazy dog. 0123456789",
+]
+
+
+def is_builtin(base_model: str) -> bool:
+    return base_model.startswith(BUILTIN_PREFIX)
+
+
+def builtin_name(base_model: str) -> str:
+    return base_model[len(BUILTIN_PREFIX) :]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GPURUN_CACHE", Path.home() / ".cache" / "gpurun")) / "models"
+
+
+def ensure_tiny(cache_dir: Path | None = None) -> Path:
+    """Return the folder of the built tiny model, building it once (atomically) if needed."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    target = cache_dir / f"builtin-tiny-v{TINY_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache_dir))
+    try:
+        _build_tokenizer().save_pretrained(staging)
+        _build_model(vocab_size=_vocab_size(staging)).save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race: its copy is identical
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _build_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS_LINES * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=2048,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _vocab_size(folder: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(folder))
+
+
+def _build_model(vocab_size: int):
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=2,  # <|im_end|>
+        pad_token_id=0,  # <|endoftext|>
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
