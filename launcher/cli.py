@@ -1,0 +1,364 @@
+"""gpurun: fine-tune LoRA adapters on GPU machines you reach by SSH.
+
+Commands are thin: parse, call one function, render. Every import that costs (rich's live view,
+the sync and launch code) happens inside the command that needs it, so `gpurun --help` is instant
+and never loads torch or an SSH library.
+"""
+
+import sys
+from pathlib import Path
+
+import click
+
+from launcher.errors import EXIT_LOST, EXIT_STOPPED, EXIT_USER, GpurunError
+
+
+class GpurunGroup(click.Group):
+    """Turns GpurunError into `Error: …` / `Hint: …` on stderr and its exit code; never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GpurunError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            for line in exc.details:
+                click.echo(f"  {line}", err=True)
+            if exc.hint:
+                click.echo(f"Hint: {exc.hint}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=GpurunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gpurun", prog_name="gpurun")
+def main():
+    """Fine-tune LoRA adapters on GPU machines you reach by SSH.
+
+    \b
+    Example:
+      gpurun push tasks/hr          # rsync the task to the default host
+      gpurun train --host a100      # start the trainer there, detached
+      gpurun logs -f                # live dashboard of the latest run
+      gpurun pull                   # adapter into tasks/hr/runs/<run-id>/
+    """
+
+
+def _root() -> Path:
+    from launcher.project import find_root
+
+    return find_root()
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("task", required=False)
+@click.option("--host", help="Host from hosts.yaml or an ~/.ssh/config alias (default: hosts.yaml's default).")
+def push(task, host):
+    """Rsync a task directory to a host (its mirror there; run outputs are never touched).
+
+    \b
+    Example:
+      gpurun push tasks/hr --host a100
+    """
+    from launcher.hosts import resolve_host
+    from launcher.launch import push as do_push
+    from launcher.launch import resolve_task_dir
+    from launcher.runs import History
+
+    root = _root()
+    task_dir = resolve_task_dir(root, task, History(root))
+    target = resolve_host(root, host)
+    console = _console()
+    with _progress(console, f"push {task_dir.name} → {target.name}") as on_progress:
+        dest = do_push(root, task_dir, target, on_progress)
+    console.print(f"pushed [bold]{task_dir}[/] to {target.name}:{dest}")
+
+
+@main.command()
+@click.argument("task", required=False)
+@click.option("--host", help="Host to train on (default: hosts.yaml's default).")
+@click.option("--gpus", help="GPUs: auto, a count (2) or indices (0,1). Default: the host entry's `gpus`.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task value for this run.")
+@click.option("--exp", "experiment", help="Overlay tasks/<task>/experiments/<NAME>.yaml.")
+def train(task, host, gpus, overrides, experiment):
+    """Check the task, sync it, and start the trainer on the host, detached. Returns at once.
+
+    TASK defaults to the task pushed last.
+
+    \b
+    Example:
+      gpurun train tasks/hr --host a100 --gpus 0,1 --set training.max_steps=300
+    """
+    from launcher.launch import launch, resolve_task_dir
+    from launcher.runs import History
+
+    root = _root()
+    task_dir = resolve_task_dir(root, task, History(root))
+    console = _console()
+    with console.status(f"checking and syncing {task_dir.name}…"):
+        launched = launch(root, task_dir, host, gpus=gpus, overrides=overrides, experiment=experiment)
+    for notice in launched.checked.notices:
+        console.print(f"[yellow]notice:[/] {notice}")
+    for warning in launched.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    record = launched.record
+    gpus_shown = launched.gpus if launched.gpus else "default"
+    console.print(f"started [bold]{record.run_id}[/] on {record.host} (GPUs: {gpus_shown})")
+    console.print(f"follow it: gpurun logs -f {record.run_id}")
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep following until the job ends; exit with its exit code.")
+@click.option("--tail", type=int, default=None, help="Start with only the last N lines of train.log.")
+def logs(run, follow, tail):
+    """Show a run's train.log; with -f, a live dashboard until the job ends.
+
+    RUN defaults to the latest run. With -f the exit code is the job's own; 130 if it was
+    stopped, 125 if it was lost. Ctrl-C detaches: the job goes on.
+
+    \b
+    Example:
+      gpurun logs -f
+    """
+    from launcher.follow import follow as do_follow
+    from launcher.hosts import resolve_host
+    from launcher.remote import remote_for
+    from launcher.render import Dashboard
+    from launcher.runs import History
+
+    root = _root()
+    history = History(root)
+    record = history.get(run)
+    remote = remote_for(resolve_host(root, record.host))
+    console = _console()
+    dashboard = Dashboard(console, record.run_id, quiet_log=False)
+    lines: list[str] = []
+    if not follow:
+        from launcher.follow import read_once
+
+        state = read_once(remote, record, lines.append)
+        text = "".join(lines)
+        if tail is not None:
+            text = "\n".join(text.splitlines()[-tail:]) + "\n"
+        sys.stdout.write(text)
+        history.update_state(record.run_id, state)
+        return
+    try:
+        with dashboard:
+            state = do_follow(remote, record, dashboard.log, dashboard.events, dashboard.set_status)
+    except KeyboardInterrupt:
+        console.print(f"\ndetached; {record.run_id} goes on on {record.host}. Reattach: gpurun logs -f {record.run_id}")
+        sys.exit(0)
+    history.update_state(record.run_id, state)
+    sys.exit(_report_end(console, state))
+
+
+def _report_end(console, state: dict) -> int:
+    name = state.get("state")
+    if name == "not_found":
+        raise GpurunError(f"run {state.get('run_id')} is not on its host", "list runs with: gpurun runs")
+    code = state.get("exit_code")
+    if name == "succeeded":
+        console.print(f"[green]succeeded[/]: fetch the adapter with: gpurun pull {state.get('run_id')}")
+        return 0
+    if name == "stopped":
+        console.print("[yellow]stopped[/] (gpurun stop)")
+        return EXIT_STOPPED
+    if name == "lost":
+        console.print("[magenta]lost[/]: the job is gone without an exit code (host rebooted or wrapper killed)")
+        return EXIT_LOST
+    console.print(f"[red]failed[/] with exit code {code}: see the log above")
+    return int(code) if code else EXIT_USER
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--checkpoints", is_flag=True, help="Also bring the checkpoint-* folders.")
+@click.option("--partial", is_flag=True, help="Pull what exists now, even while the run goes on.")
+def pull(run, checkpoints, partial):
+    """Bring a run's adapter, tokenizer, state and logs into tasks/<task>/runs/<run-id>/.
+
+    RUN defaults to the latest run. Never deletes a local file.
+
+    \b
+    Example:
+      gpurun pull --checkpoints
+    """
+    from launcher.hosts import resolve_host
+    from launcher.remote import remote_for
+    from launcher.runs import History, fetch_states
+    from launcher.sync import pull_run
+
+    root = _root()
+    history = History(root)
+    record = history.get(run)
+    remote = remote_for(resolve_host(root, record.host))
+    state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
+    history.update_state(record.run_id, state)
+    if state.get("state") == "not_found":
+        raise GpurunError(f"run {record.run_id} is not on {record.host}", "list runs with: gpurun runs")
+    if state.get("state") == "running" and not partial:
+        raise GpurunError(
+            f"{record.run_id} is still running (step {state.get('step', 0)}/{state.get('total_steps', '?')})",
+            "wait for it (gpurun logs -f), or pull what exists now with --partial",
+        )
+    dest = Path(record.task_dir) / "runs" / record.run_id
+    console = _console()
+    with _progress(console, f"pull {record.run_id}") as on_progress:
+        pull_run(remote, record.run_id, dest, checkpoints=checkpoints, on_progress=on_progress)
+    shown = _shown(root, dest)
+    adapter = dest / "adapter_model.safetensors"
+    if adapter.exists():
+        console.print(f"adapter: [bold]{_shown(root, adapter)}[/]")
+    console.print(f"pulled {record.run_id} ({state.get('state')}) into {shown}")
+
+
+def _shown(root: Path, path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+@main.command()
+@click.argument("run", required=False)
+def status(run):
+    """Show a run's state (running / succeeded / failed / stopped / lost), as its host reports it.
+
+    \b
+    Example:
+      gpurun status hr-20260101-120000-ab12
+    """
+    from launcher.hosts import resolve_host
+    from launcher.remote import remote_for
+    from launcher.render import runs_table
+    from launcher.runs import History, fetch_states
+
+    root = _root()
+    history = History(root)
+    record = history.get(run)
+    remote = remote_for(resolve_host(root, record.host))
+    state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
+    history.update_state(record.run_id, state)
+    row = {**history.get(record.run_id).__dict__}
+    _console().print(runs_table([row]))
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, help="How many runs to show, newest first.")
+def runs(limit):
+    """List this project's runs with their state from each host.
+
+    \b
+    Example:
+      gpurun runs --limit 5
+    """
+    from launcher.hosts import resolve_host
+    from launcher.remote import remote_for
+    from launcher.render import runs_table
+    from launcher.runs import FINAL_STATES, History, fetch_states
+
+    root = _root()
+    history = History(root)
+    records = history.all(limit)
+    by_host: dict[tuple[str, str], list[str]] = {}
+    for record in records:
+        if record.state not in FINAL_STATES:  # a finished run's state never changes: no round trip
+            by_host.setdefault((record.host, record.trainer_root), []).append(record.run_id)
+    for (host, trainer_root), run_ids in by_host.items():
+        try:
+            states = fetch_states(remote_for(resolve_host(root, host)), trainer_root, run_ids)
+        except GpurunError as exc:
+            _console(stderr=True).print(f"[yellow]warning:[/] {host}: {exc.message}")
+            continue
+        for run_id, state in states.items():
+            history.update_state(run_id, state)
+    rows = [r.__dict__ for r in history.all(limit)]
+    if not rows:
+        _console().print("no runs yet: gpurun train tasks/demo")
+        return
+    _console().print(runs_table(rows))
+
+
+@main.command()
+@click.argument("run", required=False)
+@click.option("--grace", default=60.0, show_default=True, help="Seconds to let the trainer save before SIGKILL.")
+def stop(run, grace):
+    """Stop a run: SIGTERM (the trainer saves a checkpoint), SIGKILL after --grace seconds.
+
+    \b
+    Example:
+      gpurun stop --grace 120
+    """
+    import json
+
+    from launcher.hosts import resolve_host
+    from launcher.remote import remote_for
+    from launcher.runs import History
+
+    root = _root()
+    history = History(root)
+    record = history.get(run)
+    remote = remote_for(resolve_host(root, record.host))
+    argv = remote.python_argv(record.trainer_root, "stop", remote.path("runs", record.run_id), str(grace))
+    state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
+    history.update_state(record.run_id, state)
+    _console().print(f"{record.run_id}: {state.get('state')}")
+
+
+@main.command()
+@click.argument("task")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Check with this override.")
+@click.option("--exp", "experiment", help="Check with tasks/<task>/experiments/<NAME>.yaml overlaid.")
+def validate(task, overrides, experiment):
+    """Check a task's config and every data row, on this machine, without touching a host.
+
+    \b
+    Example:
+      gpurun validate tasks/hr --set training.learning_rate=1e-4
+    """
+    from launcher.checks import check_task
+    from launcher.launch import resolve_task_dir
+    from launcher.runs import History
+
+    root = _root()
+    task_dir = resolve_task_dir(root, task, History(root))
+    checked = check_task(task_dir, overrides, experiment)
+    console = _console()
+    for notice in checked.notices:
+        console.print(f"[yellow]notice:[/] {notice}")
+    counts = ", ".join(f"{n} {split}" for split, n in checked.counts.items() if n)
+    config = checked.config
+    console.print(f"[green]ok[/] {task_dir}: {config.task} on {config.base_model}; rows: {counts}")
+
+
+def _progress(console, label: str):
+    """A context manager yielding an on_progress(percent, bytes) callback that drives a rich bar."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
+
+    @contextmanager
+    def bar():
+        progress = Progress(
+            TextColumn(label), BarColumn(), TaskProgressColumn(), DownloadColumn(), console=console, transient=True
+        )
+        with progress:
+            task = progress.add_task(label, total=100)
+
+            def on_progress(percent: int, done_bytes: int) -> None:
+                total = done_bytes * 100 / percent if percent else None
+                progress.update(task, completed=done_bytes, total=total)
+
+            yield on_progress
+
+    return bar()
+
+
+if __name__ == "__main__":
+    main()

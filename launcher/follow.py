@@ -1,0 +1,71 @@
+"""Follow a run from byte offsets: train.log lines and events, each exactly once, across reconnects."""
+
+import json
+import time
+from collections.abc import Callable
+
+from launcher.errors import GpurunError
+from launcher.remote import Remote, ssh_failure
+from launcher.runs import RunRecord
+
+MAX_BACKOFF_S = 30.0
+
+
+def follow(
+    remote: Remote,
+    record: RunRecord,
+    on_log: Callable[[str], None],
+    on_events: Callable[[list[dict]], None],
+    on_status: Callable[[str], None] = lambda text: None,
+    log_offset: int = 0,
+    events_offset: int = 0,
+) -> dict:
+    """Stream until the job ends; returns the final state. Reconnects with backoff when the link drops."""
+    run_dir = remote.path("runs", record.run_id)
+    backoff = 1.0
+    while True:
+        argv = remote.python_argv(record.trainer_root, "follow", run_dir, str(log_offset), str(events_offset))
+        proc = remote.stream(argv)
+        for line in proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            backoff = 1.0  # the link works again
+            if "log" in message:
+                on_log(message["log"])
+                log_offset = message["log_offset"]
+            elif "events" in message:
+                on_events(message["events"])
+                events_offset = message["events_offset"]
+            elif "end" in message:
+                proc.wait()
+                return message["end"]
+        stderr = proc.stderr.read() if proc.stderr else ""
+        code = proc.wait()
+        if "Host key verification failed" in stderr or "IDENTIFICATION HAS CHANGED" in stderr:
+            raise ssh_failure(remote.host, stderr)
+        if code not in (0, 255) and not remote.host.is_local and "No such file" in stderr:
+            raise GpurunError(f"run {record.run_id} is gone from {remote.host.name}", stderr.strip()[-200:])
+        on_status(f"connection to {remote.host.name} lost; reconnecting in {backoff:.0f}s… (Ctrl-C detaches)")
+        time.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def read_once(remote: Remote, record: RunRecord, on_log: Callable[[str], None]) -> dict:
+    """The whole train.log as it is now, and the run's state; no waiting."""
+    argv = remote.python_argv(
+        record.trainer_root, "follow", remote.path("runs", record.run_id), "0", str(1 << 62), "once"
+    )
+    proc = remote.run(argv)
+    state: dict = {}
+    for line in proc.stdout.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if "log" in message:
+            on_log(message["log"])
+        elif "end" in message:
+            state = message["end"]
+    return state

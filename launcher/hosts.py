@@ -1,0 +1,108 @@
+"""hosts.yaml (and plain ~/.ssh/config aliases) -> Host.
+
+    default: local
+    hosts:
+      local: {transport: local, workdir: ~/.cache/gpurun/local}
+      a100:  {ssh: ubuntu@10.0.0.5, port: 22, identity: ~/.ssh/id_ed25519,
+              python: ~/venvs/train/bin/python, workdir: ~/gpurun, gpus: auto}
+"""
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from launcher.errors import GpurunError
+from launcher.project import HOSTS_FILE
+
+LOCAL = "local"
+HOST_KEYS = ("transport", "ssh", "port", "user", "identity", "known_hosts", "python", "workdir", "env", "gpus", "secret_env")
+
+
+@dataclass
+class Host:
+    name: str
+    transport: str = "ssh"  # "ssh" or "local"
+    ssh: str = ""  # user@host, host, or a ~/.ssh/config alias
+    port: int | None = None
+    user: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None  # a known_hosts file of its own; default: ssh's usual ones
+    python: str = "python3"
+    workdir: str = "~/gpurun"
+    env: dict[str, str] = field(default_factory=dict)
+    gpus: str | None = None  # "auto", "0,1", or None (leave CUDA_VISIBLE_DEVICES alone)
+    secret_env: list[str] = field(default_factory=list)
+
+    @property
+    def is_local(self) -> bool:
+        return self.transport == "local"
+
+
+def embedded_local() -> Host:
+    return Host(name=LOCAL, transport="local", python=sys.executable, workdir="~/.cache/gpurun/local")
+
+
+def load_hosts(root: Path) -> tuple[str, dict[str, Host]]:
+    """(default host name, hosts by name). Without hosts.yaml: just the embedded `local` host."""
+    hosts = {LOCAL: embedded_local()}
+    path = root / HOSTS_FILE
+    if not path.is_file():
+        return LOCAL, hosts
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise GpurunError(f"{where}: not valid YAML", "check indentation and quoting") from None
+    if not isinstance(raw, dict):
+        raise GpurunError(f"{path}: expected `default:` and `hosts:`", "see README: hosts.yaml")
+    for name, entry in (raw.get("hosts") or {}).items():
+        hosts[str(name)] = _host_from_entry(str(name), entry or {}, path)
+    default = str(raw.get("default", LOCAL))
+    return default, hosts
+
+
+def _host_from_entry(name: str, entry: dict, path: Path) -> Host:
+    if not isinstance(entry, dict):
+        raise GpurunError(f"{path}: hosts.{name}: expected a mapping", "e.g. a100: {ssh: user@10.0.0.5}")
+    for key in entry:
+        if key not in HOST_KEYS:
+            close = difflib.get_close_matches(str(key), HOST_KEYS, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(HOST_KEYS)}"
+            raise GpurunError(f"{path}: hosts.{name}.{key}: unknown key", hint)
+    transport = entry.get("transport", "local" if name == LOCAL and "ssh" not in entry else "ssh")
+    if transport not in ("ssh", "local"):
+        raise GpurunError(f"{path}: hosts.{name}.transport: {transport!r}", "use ssh or local")
+    host = embedded_local() if transport == "local" else Host(name=name, ssh=name)
+    host.name = name
+    host.transport = transport
+    for key in ("ssh", "user", "identity", "known_hosts", "python", "workdir"):
+        if entry.get(key) is not None:
+            setattr(host, key, str(entry[key]))
+    if entry.get("port") is not None:
+        try:
+            host.port = int(entry["port"])
+        except (TypeError, ValueError):
+            raise GpurunError(f"{path}: hosts.{name}.port: not a number", "e.g. port: 22") from None
+    if entry.get("gpus") is not None:
+        host.gpus = str(entry["gpus"])
+    env = entry.get("env") or {}
+    if not isinstance(env, dict):
+        raise GpurunError(f"{path}: hosts.{name}.env: expected a mapping", "e.g. env: {HF_HOME: /data/hf}")
+    host.env = {str(k): str(v) for k, v in env.items()}
+    host.secret_env = [str(s) for s in entry.get("secret_env") or []]
+    return host
+
+
+def resolve_host(root: Path, name: str | None) -> Host:
+    """A host by name; a name not in hosts.yaml is taken as an ssh target or ~/.ssh/config alias."""
+    default, hosts = load_hosts(root)
+    name = name or default
+    if name in hosts:
+        return hosts[name]
+    if name.startswith("-") or not name.strip():
+        raise GpurunError(f"not a host name: {name!r}", f"known hosts: {', '.join(hosts)}")
+    return Host(name=name, ssh=name)

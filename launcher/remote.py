@@ -1,0 +1,179 @@
+"""How a host is reached: one interface, `SSHRemote` (OpenSSH client) and `LocalRemote` (subprocess).
+
+Commands are argv lists. Over SSH they are joined with `shlex.join`, so every value reaching the
+remote shell is quoted. rsync is given the very same ssh command line (`rsh_argv`), so the
+command channel and the file channel use one resolved host, port, user, key and known_hosts.
+
+Why the OpenSSH client rather than paramiko: rsync needs it anyway, it reads ~/.ssh/config
+(aliases, ProxyJump, agents) exactly as the user's own `ssh` does, and host-key checking is
+OpenSSH's own `StrictHostKeyChecking=yes`.
+"""
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from launcher.errors import GpurunError
+from launcher.hosts import Host
+
+SSH_CONNECT_TIMEOUT_S = 15
+
+
+class Remote:
+    """What every transport offers. Paths are host paths; `workdir` is where gpurun keeps its files."""
+
+    host: Host
+    workdir: str
+
+    def run(self, argv: list[str], input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def stream(self, argv: list[str]) -> subprocess.Popen:
+        raise NotImplementedError
+
+    def rsync_path(self, path: str) -> str:
+        """How rsync names a host path."""
+        raise NotImplementedError
+
+    def rsh_argv(self) -> list[str] | None:
+        """The remote-shell command rsync should use (None: local copy)."""
+        raise NotImplementedError
+
+    def python_argv(self, trainer_root: str, *args: str) -> list[str]:
+        """`python -m trainer ARGS` on the host, running the trainer copy under `trainer_root`."""
+        return ["env", f"PYTHONPATH={trainer_root}", self.host.python, "-m", "trainer", *args]
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.workdir.rstrip("/"), *parts])
+
+    def _check(self, argv, proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or "").strip().splitlines()[-5:])
+            raise GpurunError(
+                f"on {self.host.name}: `{shlex.join(argv)[:200]}` exited with {proc.returncode}",
+                tail or "run it by hand on the host to see why",
+            )
+        return proc
+
+
+class LocalRemote(Remote):
+    """The `local` host: the same code path as SSH, on this machine, without SSH."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.workdir = str(Path(host.workdir).expanduser())
+
+    def run(self, argv, input=None, check=True):
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True, cwd=Path.home())
+        except FileNotFoundError as exc:
+            raise GpurunError(f"on local: {exc.filename} not found", "check `python:` of the local host") from None
+        return self._check(argv, proc) if check else proc
+
+    def stream(self, argv):
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=Path.home())
+
+    def rsync_path(self, path):
+        return path
+
+    def rsh_argv(self):
+        return None
+
+
+class SSHRemote(Remote):
+    def __init__(self, host: Host):
+        self.host = host
+        # Relative host paths are relative to the login's home, for ssh commands and rsync alike:
+        # "~/gpurun" becomes "gpurun" so neither needs the remote shell to expand "~".
+        workdir = host.workdir
+        if workdir in ("~", "~/"):
+            workdir = "."
+        elif workdir.startswith("~/"):
+            workdir = workdir[2:]
+        self.workdir = workdir
+
+    def ssh_argv(self) -> list[str]:
+        h = self.host
+        argv = [
+            "ssh",
+            "-o", "BatchMode=yes",  # never prompt: a password prompt would hang a detached step
+            "-o", "StrictHostKeyChecking=yes",  # an unknown or changed host key is refused, never accepted
+            "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}",
+            "-o", "ServerAliveInterval=10",  # notice a dead link in ~30 s instead of TCP's minutes
+            "-o", "ServerAliveCountMax=3",
+            "-o", "LogLevel=ERROR",  # keep banners out of the JSON we read back
+        ]  # fmt: skip
+        if h.known_hosts:
+            argv += ["-o", f"UserKnownHostsFile={Path(h.known_hosts).expanduser()}"]
+        if h.port:
+            argv += ["-p", str(h.port)]
+        if h.identity:
+            argv += ["-i", str(Path(h.identity).expanduser()), "-o", "IdentitiesOnly=yes"]
+        if h.user:
+            argv += ["-l", h.user]
+        return argv
+
+    def target(self) -> str:
+        return self.host.ssh or self.host.name
+
+    def _argv(self, argv: list[str]) -> list[str]:
+        return [*self.ssh_argv(), self.target(), "--", shlex.join(argv)]
+
+    def run(self, argv, input=None, check=True):
+        full = self._argv(argv)
+        try:
+            proc = subprocess.run(full, input=input, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise GpurunError("ssh not found", "install OpenSSH's client (apt-get install openssh-client)") from None
+        if proc.returncode == 255:
+            raise ssh_failure(self.host, proc.stderr)
+        return self._check(argv, proc) if check else proc
+
+    def stream(self, argv):
+        return subprocess.Popen(
+            self._argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
+
+    def rsync_path(self, path):
+        return f"{self.target()}:{path}"
+
+    def rsh_argv(self):
+        return self.ssh_argv()
+
+
+def ssh_failure(host: Host, stderr: str) -> GpurunError:
+    """Turn ssh's exit 255 into an error that says what to do."""
+    text = (stderr or "").strip()
+    last = text.splitlines()[-1] if text else "ssh failed"
+    port = f"-p {host.port} " if host.port else ""
+    hostname = host.ssh.rpartition("@")[2] or host.name
+    known = f" >> {host.known_hosts}" if host.known_hosts else " >> ~/.ssh/known_hosts"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key for" in text and "has changed" in text:
+        return GpurunError(
+            f"the host key of {host.name} has changed: refusing to connect",
+            f"if the host was really reinstalled, remove the old key: ssh-keygen -R {hostname}"
+            + (f" -f {host.known_hosts}" if host.known_hosts else ""),
+        )
+    if "Host key verification failed" in text or "No ED25519 host key is known" in text or "host key is known" in text:
+        return GpurunError(
+            f"the host key of {host.name} is not known: refusing to connect",
+            f"check its fingerprint, then add it: ssh-keyscan {port}{hostname}{known}",
+        )
+    if "Permission denied" in text:
+        return GpurunError(
+            f"{host.name} refused the login ({last})", "check `user:` and `identity:` in hosts.yaml, or ssh-add the key"
+        )
+    if "Could not resolve hostname" in text:
+        return GpurunError(f"cannot resolve {host.name}: {last}", "check `ssh:` in hosts.yaml or ~/.ssh/config")
+    return GpurunError(f"cannot reach {host.name}: {last}", f"try: ssh {port}{host.ssh or host.name} true")
+
+
+def remote_for(host: Host) -> Remote:
+    return LocalRemote(host) if host.is_local else SSHRemote(host)
+
+
+def launcher_env_secrets(host: Host) -> dict[str, str]:
+    """Secrets to hand the job: the usual tokens plus the host's `secret_env`, from this laptop's environment."""
+    names = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", *host.secret_env]
+    return {name: os.environ[name] for name in names if os.environ.get(name)}

@@ -1,0 +1,135 @@
+"""Rich presentation only: the live dashboard of `logs -f`, run tables, the push progress line."""
+
+import math
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLE = {
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "stopped": "yellow",
+    "lost": "magenta",
+    "not_found": "red",
+}
+
+
+def fmt_num(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(number):
+        return str(number)
+    if number != 0 and (abs(number) < 1e-3 or abs(number) >= 1e5):
+        return f"{number:.2e}"
+    return f"{number:.{digits}g}"
+
+
+class Dashboard:
+    """Progress bar (step/total, ETA) and the latest loss / eval loss / lr, with log lines above it.
+
+    On a terminal it is a rich Live view; piped (CI, `| tee`) it prints plain lines instead.
+    """
+
+    def __init__(self, console: Console, run_id: str, quiet_log: bool = False):
+        self.console = console
+        self.run_id = run_id
+        self.quiet_log = quiet_log
+        self.latest: dict = {}
+        self.status = ""
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.bar = self.progress.add_task(run_id, total=None)
+        self.live = Live(self._view(), console=console, refresh_per_second=4, transient=False)
+        self.interactive = console.is_terminal
+
+    def __enter__(self):
+        if self.interactive:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.interactive:
+            self.live.update(self._view())
+            self.live.__exit__(*exc)
+
+    def log(self, text: str) -> None:
+        if self.quiet_log:
+            return
+        for line in text.rstrip("\n").split("\n"):
+            self.console.print(Text(line), highlight=False, soft_wrap=True)
+
+    def events(self, events: list[dict]) -> None:
+        for event in events:
+            self.latest.update({k: v for k, v in event.items() if v is not None})
+            step, total = event.get("step"), event.get("total_steps")
+            if total:
+                self.progress.update(self.bar, total=total)
+            if step is not None:
+                self.progress.update(self.bar, completed=step)
+            if not self.interactive and event.get("kind") in ("log", "eval", "done"):
+                self.console.print(Text(self._line(event)), highlight=False, soft_wrap=True)
+        if self.interactive:
+            self.live.update(self._view())
+
+    def set_status(self, text: str) -> None:
+        self.status = text
+        if self.interactive:
+            self.live.update(self._view())
+        else:
+            self.console.print(f"[yellow]{text}[/]")
+
+    def _line(self, event: dict) -> str:
+        parts = [f"{event['kind']:>4}: step {event.get('step')}/{event.get('total_steps')}"]
+        for key in ("loss", "train_loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in event:
+                parts.append(f"{key} {fmt_num(event[key])}")
+        return "  ".join(parts)
+
+    def _view(self):
+        stats = Table.grid(padding=(0, 3))
+        latest = self.latest
+        stats.add_row(
+            f"loss [bold]{fmt_num(latest.get('loss'))}[/]",
+            f"eval loss [bold]{fmt_num(latest.get('eval_loss'))}[/]",
+            f"lr [bold]{fmt_num(latest.get('learning_rate'))}[/]",
+            f"epoch {fmt_num(latest.get('epoch'), 3)}",
+        )
+        parts = [self.progress, stats]
+        if self.status:
+            parts.append(Text(self.status, style="yellow"))
+        return Group(*parts)
+
+
+def runs_table(rows: list[dict]) -> Table:
+    table = Table(title=None, show_lines=False)
+    for column in ("run", "task", "host", "state", "step", "loss", "eval loss", "started"):
+        table.add_column(column, no_wrap=column in ("run", "started"))
+    for row in rows:
+        state = row.get("state") or "?"
+        step = f"{row.get('step') or 0}/{row.get('total_steps') or '?'}"
+        table.add_row(
+            row["run_id"],
+            row.get("task") or "",
+            row.get("host") or "",
+            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
+            step,
+            fmt_num(row.get("loss")),
+            fmt_num(row.get("eval_loss")),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
+        )
+    return table

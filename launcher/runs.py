@@ -1,0 +1,133 @@
+"""Run records: ids, the laptop's history (a cache; the host is the truth), and state from the host.
+
+History is sqlite from the standard library, in WAL mode with a busy timeout, so two terminals
+(a `logs -f` and a `train`) can use it at once.
+"""
+
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.errors import GpurunError
+from launcher.project import state_dir
+from launcher.remote import Remote
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, task TEXT NOT NULL, task_dir TEXT NOT NULL, host TEXT NOT NULL,
+    trainer_root TEXT NOT NULL, started_at REAL NOT NULL, state TEXT, exit_code INTEGER,
+    step INTEGER, total_steps INTEGER, loss REAL, eval_loss REAL, updated_at REAL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+FINAL_STATES = ("succeeded", "failed", "stopped", "lost")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    task: str
+    task_dir: str  # the local task folder results are pulled into
+    host: str
+    trainer_root: str  # host path of the trainer copy this run uses
+    started_at: float
+    state: str | None = None
+    exit_code: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    updated_at: float | None = None
+
+
+def new_run_id(task: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+    return f"{task}-{stamp}-{secrets.token_hex(2)}"
+
+
+class History:
+    def __init__(self, root: Path):
+        self.path = state_dir(root) / "history.sqlite"
+        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+
+    def add(self, record: RunRecord) -> None:
+        fields = record.__dict__
+        names = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        self.db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({marks})", tuple(fields.values()))
+
+    def update_state(self, run_id: str, state: dict) -> None:
+        self.db.execute(
+            "UPDATE runs SET state=?, exit_code=?, step=?, total_steps=?, loss=?, eval_loss=?, updated_at=? "
+            "WHERE run_id=?",
+            (
+                state.get("state"),
+                state.get("exit_code"),
+                state.get("step"),
+                state.get("total_steps"),
+                _num(state.get("loss")),
+                _num(state.get("eval_loss")),
+                time.time(),
+                run_id,
+            ),
+        )
+
+    def get(self, run_id: str | None) -> RunRecord:
+        """A run by id (or a unique prefix of one); None means the latest run."""
+        if run_id is None:
+            rows = self._select("ORDER BY started_at DESC LIMIT 1")
+            if not rows:
+                raise GpurunError("no runs yet in this project", "start one: gpurun train tasks/demo")
+            return rows[0]
+        rows = self._select("WHERE run_id = ? OR run_id LIKE ? ORDER BY started_at DESC", (run_id, f"{run_id}%"))
+        exact = [r for r in rows if r.run_id == run_id]
+        if exact:
+            return exact[0]
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise GpurunError(f"no run {run_id!r} in this project", "list them with: gpurun runs")
+        raise GpurunError(f"{run_id!r} matches {len(rows)} runs", "give more of the run id (gpurun runs)")
+
+    def all(self, limit: int = 50) -> list[RunRecord]:
+        return self._select("ORDER BY started_at DESC LIMIT ?", (limit,))
+
+    def _select(self, clause: str, params: tuple = ()) -> list[RunRecord]:
+        cursor = self.db.execute(f"SELECT * FROM runs {clause}", params)
+        names = [c[0] for c in cursor.description]
+        return [RunRecord(**dict(zip(names, row))) for row in cursor.fetchall()]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+
+def _num(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def fetch_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[str, dict]:
+    """One round trip: the state of several runs on one host."""
+    if not run_ids:
+        return {}
+    argv = remote.python_argv(trainer_root, "state", *(remote.path("runs", r) for r in run_ids))
+    proc = remote.run(argv)
+    states = {}
+    for line in proc.stdout.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        states[item["run_id"]] = item
+    return states

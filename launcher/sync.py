@@ -1,0 +1,174 @@
+"""rsync between laptop and host: the argv built by one pure function, push and pull on top.
+
+Layout on the host (under workdir): tasks/<task>/ mirrors the local task dir (so `--delete`
+there can never reach runs/), trainer/<version>/trainer/ is this launcher's trainer package.
+"""
+
+import hashlib
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import trainer
+from launcher import __version__
+from launcher.errors import GpurunError
+from launcher.remote import Remote
+
+IGNORE_FILES = (".gitignore", ".gpurunignore")
+ALWAYS_EXCLUDED = ("/runs/", ".git/", "__pycache__/", ".ipynb_checkpoints/")
+_PROGRESS = re.compile(r"^\s*([\d,]+)\s+(\d+)%")
+
+
+def rsync_argv(
+    src: str,
+    dst: str,
+    rsh: list[str] | None = None,
+    delete: bool = False,
+    excludes: tuple[str, ...] = (),
+    ignore_files: tuple[str, ...] = (),
+    progress: bool = False,
+    partial: bool = True,
+) -> list[str]:
+    argv = [
+        "rsync",
+        "--recursive",
+        "--links",  # copy symlinks as symlinks, never follow them out of the tree
+        "--times",  # keep mtimes: the next sync compares by size+mtime and skips unchanged files
+        "--perms",
+        "--compress",
+        "--mkpath",  # create the destination's parents (rsync >= 3.2.3)
+    ]
+    if rsh is not None:
+        argv += ["--rsh", shlex.join(rsh)]  # the same ssh options as the command channel
+    if partial:
+        argv += ["--partial"]  # keep a half-sent file so a retry resumes it
+    if progress:
+        argv += ["--info=progress2", "--no-inc-recursive"]  # one overall percentage line
+    for name in ignore_files:
+        argv += [f"--filter=:- {name}"]  # per-directory ignore files, gitignore-style
+    for pattern in excludes:
+        argv += [f"--exclude={pattern}"]
+    if delete:
+        argv += ["--delete"]  # only ever used on the task mirror, never on a run directory
+    argv += [src, dst]
+    return argv
+
+
+def run_rsync(argv: list[str], what: str, on_progress=None) -> None:
+    try:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
+    except FileNotFoundError:
+        raise GpurunError("rsync not found", "install it (apt-get install rsync / brew install rsync)") from None
+    buffer = ""
+    while True:
+        chunk = proc.stdout.read(256)
+        if not chunk:
+            break
+        buffer += chunk
+        *lines, buffer = re.split(r"[\r\n]", buffer)
+        for line in lines:
+            match = _PROGRESS.match(line)
+            if match and on_progress:
+                on_progress(int(match.group(2)), int(match.group(1).replace(",", "")))
+    stderr = proc.stderr.read()
+    if proc.wait() != 0:
+        if proc.returncode == 255 or "Host key verification failed" in stderr:
+            raise GpurunError(f"{what} failed: {ssh_failure_message(stderr)}", _rsync_hint(stderr))
+        last = (stderr.strip().splitlines() or ["rsync failed"])[-1]
+        raise GpurunError(f"{what} failed (rsync exit {proc.returncode}): {last}", _rsync_hint(stderr))
+
+
+def ssh_failure_message(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "connection failed"
+
+
+def _rsync_hint(stderr: str) -> str:
+    if "Host key verification failed" in stderr:
+        return "the host key is unknown or changed: add it with ssh-keyscan after checking its fingerprint"
+    if "command not found" in stderr or "rsync: not found" in stderr:
+        return "install rsync on the host"
+    return "check the host with `gpurun status` and try again"
+
+
+# ---------------------------------------------------------------- push
+
+
+def task_name_of(task_dir: Path) -> str:
+    name = task_dir.resolve().name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise GpurunError(
+            f"task name {name!r} has characters gpurun does not put on a host",
+            "rename the folder to letters, digits, '.', '_' and '-'",
+        )
+    return name
+
+
+def push_task(remote: Remote, task_dir: Path, on_progress=None) -> str:
+    """Mirror the task dir to <workdir>/tasks/<task>/; returns the host path."""
+    name = task_name_of(task_dir)
+    dest = remote.path("tasks", name)
+    argv = rsync_argv(
+        f"{task_dir.resolve()}/",
+        remote.rsync_path(dest + "/"),
+        rsh=remote.rsh_argv(),
+        delete=True,
+        excludes=ALWAYS_EXCLUDED,
+        ignore_files=IGNORE_FILES,
+        progress=on_progress is not None,
+    )
+    run_rsync(argv, f"push of {task_dir}", on_progress)
+    return dest
+
+
+def trainer_version() -> str:
+    """Launcher version + a hash of the trainer's sources: the host runs exactly this code."""
+    digest = hashlib.sha256()
+    for path in sorted(trainer_source_dir().glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}-{digest.hexdigest()[:12]}"
+
+
+def trainer_source_dir() -> Path:
+    return Path(trainer.__file__).resolve().parent
+
+
+def push_trainer(remote: Remote) -> str:
+    """Copy this launcher's trainer package to <workdir>/trainer/<version>/; returns that root."""
+    root = remote.path("trainer", trainer_version())
+    argv = rsync_argv(
+        f"{trainer_source_dir()}/",
+        remote.rsync_path(root + "/trainer/"),
+        rsh=remote.rsh_argv(),
+        excludes=("__pycache__/",),
+    )
+    run_rsync(argv, "push of the trainer")
+    return root
+
+
+# ---------------------------------------------------------------- pull
+
+
+def pull_run(remote: Remote, run_id: str, dest: Path, checkpoints: bool = False, on_progress=None) -> None:
+    """Bring a run's output/ (+ logs) into dest. Never deletes a local file."""
+    run_dir = remote.path("runs", run_id)
+    excludes = () if checkpoints else ("checkpoint-*/",)
+    argv = rsync_argv(
+        remote.rsync_path(run_dir + "/output/"),
+        f"{dest}/",
+        rsh=remote.rsh_argv(),
+        excludes=excludes,
+        progress=on_progress is not None,
+    )
+    run_rsync(argv, f"pull of {run_id}", on_progress)
+    logs = [remote.rsync_path(f"{run_dir}/{name}") for name in ("train.log", "events.jsonl", "run.json")]
+    if remote.rsh_argv() is None:
+        logs = [item for item in logs if Path(item).exists()]
+    if logs:
+        argv = rsync_argv(logs[0], f"{dest}/", rsh=remote.rsh_argv())
+        argv[-2:-1] = logs  # several sources, one destination
+        run_rsync(argv, f"pull of {run_id}'s logs")
