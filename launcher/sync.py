@@ -13,7 +13,8 @@ from pathlib import Path
 import trainer
 from launcher import __version__
 from launcher.errors import GpurunError
-from launcher.remote import Remote
+from launcher.hosts import Host
+from launcher.remote import Remote, ssh_failure
 
 IGNORE_FILES = (".gitignore", ".gpurunignore")
 ALWAYS_EXCLUDED = ("/runs/", ".git/", "__pycache__/", ".ipynb_checkpoints/")
@@ -55,7 +56,7 @@ def rsync_argv(
     return argv
 
 
-def run_rsync(argv: list[str], what: str, on_progress=None) -> None:
+def run_rsync(argv: list[str], what: str, on_progress=None, host: Host | None = None) -> None:
     try:
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
@@ -75,20 +76,17 @@ def run_rsync(argv: list[str], what: str, on_progress=None) -> None:
                 on_progress(int(match.group(2)), int(match.group(1).replace(",", "")))
     stderr = proc.stderr.read()
     if proc.wait() != 0:
-        if proc.returncode == 255 or "Host key verification failed" in stderr:
-            raise GpurunError(f"{what} failed: {ssh_failure_message(stderr)}", _rsync_hint(stderr))
+        if host is not None and not host.is_local and (proc.returncode == 255 or _ssh_said_no(stderr)):
+            raise ssh_failure(host, stderr)  # the same message as the command channel's
         last = (stderr.strip().splitlines() or ["rsync failed"])[-1]
         raise GpurunError(f"{what} failed (rsync exit {proc.returncode}): {last}", _rsync_hint(stderr))
 
 
-def ssh_failure_message(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    return lines[0] if lines else "connection failed"
+def _ssh_said_no(stderr: str) -> bool:
+    return any(s in stderr for s in ("Host key verification failed", "host key is known", "Permission denied ("))
 
 
 def _rsync_hint(stderr: str) -> str:
-    if "Host key verification failed" in stderr:
-        return "the host key is unknown or changed: add it with ssh-keyscan after checking its fingerprint"
     if "command not found" in stderr or "rsync: not found" in stderr:
         return "install rsync on the host"
     return "check the host with `gpurun status` and try again"
@@ -120,7 +118,7 @@ def push_task(remote: Remote, task_dir: Path, on_progress=None) -> str:
         ignore_files=IGNORE_FILES,
         progress=on_progress is not None,
     )
-    run_rsync(argv, f"push of {task_dir}", on_progress)
+    run_rsync(argv, f"push of {task_dir}", on_progress, remote.host)
     return dest
 
 
@@ -146,7 +144,7 @@ def push_trainer(remote: Remote) -> str:
         rsh=remote.rsh_argv(),
         excludes=("__pycache__/",),
     )
-    run_rsync(argv, "push of the trainer")
+    run_rsync(argv, "push of the trainer", host=remote.host)
     return root
 
 
@@ -164,11 +162,11 @@ def pull_run(remote: Remote, run_id: str, dest: Path, checkpoints: bool = False,
         excludes=excludes,
         progress=on_progress is not None,
     )
-    run_rsync(argv, f"pull of {run_id}", on_progress)
+    run_rsync(argv, f"pull of {run_id}", on_progress, remote.host)
     logs = [remote.rsync_path(f"{run_dir}/{name}") for name in ("train.log", "events.jsonl", "run.json")]
     if remote.rsh_argv() is None:
         logs = [item for item in logs if Path(item).exists()]
     if logs:
         argv = rsync_argv(logs[0], f"{dest}/", rsh=remote.rsh_argv())
         argv[-2:-1] = logs  # several sources, one destination
-        run_rsync(argv, f"pull of {run_id}'s logs")
+        run_rsync(argv, f"pull of {run_id}'s logs", host=remote.host)

@@ -73,8 +73,11 @@ def builtin_name(base_model: str) -> str:
     return base_model[len(BUILTIN_PREFIX) :]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GPURUN_CACHE", Path.home() / ".cache" / "gpurun")) / "models"
+def default_cache_dir(fallback: Path | None = None) -> Path:
+    """$GPURUN_CACHE/models if set (shared by every workdir), else the fallback, else ~/.cache/gpurun."""
+    if os.environ.get("GPURUN_CACHE"):
+        return Path(os.environ["GPURUN_CACHE"]) / "models"
+    return fallback or Path.home() / ".cache" / "gpurun" / "models"
 
 
 def ensure_tiny(cache_dir: Path | None = None) -> Path:

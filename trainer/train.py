@@ -12,6 +12,7 @@ from trainer.config import TaskConfig, config_from_dict
 from trainer.data import load_task_data
 from trainer.events import EVENTS_FILE, EventWriter, events_callback
 from trainer.model import load_model, load_tokenizer, lora_spec, resolve_base_model
+from trainer.tiny import default_cache_dir
 
 OUTPUT_DIR = "output"
 
@@ -30,7 +31,7 @@ def run(run_dir: Path) -> int:
     print(f"data: {len(splits['train'])} train, {len(splits['eval'])} eval, {len(splits['test'])} test rows", flush=True)
 
     # 2. Model and tokenizer.
-    base = resolve_base_model(config, cache_dir=workdir / "cache" / "models")
+    base = resolve_base_model(config, cache_dir=default_cache_dir(fallback=workdir / "cache" / "models"))
     print(f"base model: {config.base_model} ({base})", flush=True)
     tokenizer = load_tokenizer(base)
     model = load_model(config, base)
