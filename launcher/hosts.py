@@ -1,10 +1,10 @@
 """hosts.yaml (and plain ~/.ssh/config aliases) -> Host.
 
-    default: local
-    hosts:
-      local: {transport: local, workdir: ~/.cache/gpurun/local}
-      a100:  {ssh: ubuntu@10.0.0.5, port: 22, identity: ~/.ssh/id_ed25519,
-              python: ~/venvs/train/bin/python, workdir: ~/gpurun, gpus: auto}
+default: local
+hosts:
+  local: {transport: local, workdir: ~/.cache/gpurun/local}
+  a100:  {ssh: ubuntu@10.0.0.5, port: 22, identity: ~/.ssh/id_ed25519,
+          python: ~/venvs/train/bin/python, workdir: ~/gpurun, gpus: auto}
 """
 
 import difflib
@@ -18,7 +18,19 @@ from launcher.errors import GpurunError
 from launcher.project import HOSTS_FILE
 
 LOCAL = "local"
-HOST_KEYS = ("transport", "ssh", "port", "user", "identity", "known_hosts", "python", "workdir", "env", "gpus", "secret_env")
+HOST_KEYS = (
+    "transport",
+    "ssh",
+    "port",
+    "user",
+    "identity",
+    "known_hosts",
+    "python",
+    "workdir",
+    "env",
+    "gpus",
+    "secret_env",
+)
 
 
 @dataclass

@@ -100,7 +100,7 @@ class History:
     def _select(self, clause: str, params: tuple = ()) -> list[RunRecord]:
         cursor = self.db.execute(f"SELECT * FROM runs {clause}", params)
         names = [c[0] for c in cursor.description]
-        return [RunRecord(**dict(zip(names, row))) for row in cursor.fetchall()]
+        return [RunRecord(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

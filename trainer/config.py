@@ -304,7 +304,8 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise TaskError([Problem(f"{path}{line}", f"not valid YAML: {reason}", "check indentation and quoting")])
+        problem = Problem(f"{path}{line}", f"not valid YAML: {reason}", "check indentation and quoting")
+        raise TaskError([problem]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

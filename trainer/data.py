@@ -251,7 +251,10 @@ def _load_hub(spec: str, config: TaskConfig, problems: list[Problem]) -> list[di
 def load_task_data(task_dir: Path, config: TaskConfig) -> dict[str, list[dict]]:
     """All splits, checked; raises TaskError listing every bad row (capped) with the total count."""
     problems: list[Problem] = []
-    splits = {split: load_split(task_dir, getattr(config.data, split), config, problems) for split in ("train", "eval", "test")}
+    splits = {
+        split: load_split(task_dir, getattr(config.data, split), config, problems)
+        for split in ("train", "eval", "test")
+    }
     if problems:
         total = len(problems)
         if total > MAX_LISTED:

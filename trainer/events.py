@@ -38,7 +38,9 @@ def events_callback(writer: EventWriter):
 
     class EventsCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            writer.emit("train_begin", step=state.global_step, total_steps=state.max_steps, epochs=args.num_train_epochs)
+            writer.emit(
+                "train_begin", step=state.global_step, total_steps=state.max_steps, epochs=args.num_train_epochs
+            )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})

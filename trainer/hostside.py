@@ -80,7 +80,9 @@ def cmd_start(args: list[str]) -> int:
     deadline = time.time() + 10
     while time.time() < deadline and not (run_dir / PID_FILE).exists() and proc.poll() is None:
         time.sleep(0.02)
-    _reply({"pid": proc.pid, "state": run_state(run_dir)["state"], "gpus": payload["run"]["gpus"], "warnings": warnings})
+    _reply(
+        {"pid": proc.pid, "state": run_state(run_dir)["state"], "gpus": payload["run"]["gpus"], "warnings": warnings}
+    )
     return 0
 
 

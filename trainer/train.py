@@ -28,7 +28,9 @@ def run(run_dir: Path) -> int:
     config = config_from_dict(record["config"])
     task_dir = workdir / "tasks" / record["task"]
     splits = load_task_data(task_dir, config)
-    print(f"data: {len(splits['train'])} train, {len(splits['eval'])} eval, {len(splits['test'])} test rows", flush=True)
+    print(
+        f"data: {len(splits['train'])} train, {len(splits['eval'])} eval, {len(splits['test'])} test rows", flush=True
+    )
 
     # 2. Model and tokenizer.
     base = resolve_base_model(config, cache_dir=default_cache_dir(fallback=workdir / "cache" / "models"))

@@ -14,7 +14,11 @@ SYSTEM = (
     'single JSON object {"name": ..., "arguments": {...}}. Functions: get_leave_balance, request_leave, '
     "cancel_leave, query_salary, get_payslip, update_address, list_holidays, get_manager, submit_expense."
 )
-LEAVE_TYPES = {"annual": ("annual leave", "年假"), "sick": ("sick leave", "病假"), "personal": ("personal leave", "事假")}
+LEAVE_TYPES = {
+    "annual": ("annual leave", "年假"),
+    "sick": ("sick leave", "病假"),
+    "personal": ("personal leave", "事假"),
+}
 MONTHS = [f"2026-{m:02d}" for m in range(1, 13)]
 DATES = [f"2026-{m:02d}-{d:02d}" for m in range(1, 13) for d in (3, 9, 14, 21, 27)]
 ADDRESSES = [

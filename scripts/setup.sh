@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up everything gpurun's demo and tests need, idempotently: rsync + openssh-server (apt-get,
+# when root), a .venv with the CPU build of torch, and gpurun itself with [train,dev].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
+command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: apt-get install ${need_apt[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install: ${need_apt[*]}" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+# The CPU build (a plain `torch` would pull a multi-GB CUDA build). Override with TORCH_SPEC.
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  echo "setup: installing ${TORCH_SPEC:-torch==2.13.0}"
+  "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
+fi
+if ! .venv/bin/python -c "import launcher, trl, peft, pytest, ruff" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .venv/.gpurun-installed ]; then
+  echo "setup: installing gpurun[train,dev]"
+  "${pip[@]}" install -e '.[train,dev]'
+  touch .venv/.gpurun-installed
+fi
