@@ -23,15 +23,18 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+log=.venv/setup.log
+pip() {  # quiet unless it fails: pip's own warnings would drown the test output
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" >>"$log" 2>&1 || { tail -n 30 "$log" >&2; exit 1; }
+}
 # The CPU build (a plain `torch` would pull a multi-GB CUDA build). Override with TORCH_SPEC.
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing ${TORCH_SPEC:-torch==2.13.0}"
-  "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
+  pip install "${TORCH_SPEC:-torch==2.13.0}"
 fi
 if ! .venv/bin/python -c "import launcher, trl, peft, pytest, ruff" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.gpurun-installed ]; then
   echo "setup: installing gpurun[train,dev]"
-  "${pip[@]}" install -e '.[train,dev]'
+  pip install -e '.[train,dev]'
   touch .venv/.gpurun-installed
 fi

@@ -1,0 +1,77 @@
+"""Row checks: every bad row as file:line, all at once; formats detected per file; one shape out."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer.config import TaskError, config_from_dict
+from trainer.data import load_task_data
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+
+def task_with(tmp_path: Path, rows: list, name: str = "train.jsonl", **data) -> tuple[Path, object]:
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    config = config_from_dict({"base_model": "builtin:tiny", "data": {"train": [name], **data}})
+    return tmp_path, config
+
+
+def problems(tmp_path, rows, **data) -> list[str]:
+    task_dir, config = task_with(tmp_path, rows, **data)
+    with pytest.raises(TaskError) as info:
+        load_task_data(task_dir, config)
+    return [str(p) for p in info.value.problems]
+
+
+def test_malformed_line_is_named_by_file_and_line(tmp_path):
+    (problem,) = problems(tmp_path, [CHAT, CHAT, '{"messages": [', CHAT])
+    assert problem.startswith(f"{tmp_path}/train.jsonl:3: not valid JSON")
+
+
+def test_all_bad_rows_are_reported_at_once(tmp_path):
+    bad_role = {"messages": [{"role": "bot", "content": "x"}]}
+    no_answer = {"messages": [{"role": "user", "content": "x"}]}
+    two_users = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}
+    found = problems(tmp_path, [CHAT, bad_role, no_answer, two_users])
+    assert [p.split(": ")[0].rsplit(":", 1)[1] for p in found] == ["2", "3", "4"]
+    assert "unknown role 'bot'" in found[0] and "no assistant turn" in found[1] and "two user turns" in found[2]
+
+
+def test_mixed_formats_in_one_file_are_rejected_row_by_row(tmp_path):
+    (problem,) = problems(tmp_path, [CHAT, {"prompt": "p", "response": "r"}])
+    assert ":2:" in problem and "`messages`" in problem
+
+
+def test_alpaca_and_sharegpt_become_messages(tmp_path):
+    alpaca = {"instruction": "Translate", "input": "hola", "output": "hello"}
+    task_dir, config = task_with(tmp_path, [alpaca], shuffle=False)
+    (row,) = load_task_data(task_dir, config)["train"]
+    assert row["messages"][0] == {"role": "user", "content": "Translate\n\nhola"}
+    sharegpt = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    task_dir, config = task_with(tmp_path, [sharegpt], name="s.jsonl")
+    (row,) = load_task_data(task_dir, config)["train"]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+
+
+def test_prompt_response_columns_are_mappable(tmp_path):
+    rows = [{"question": "q", "answer": "a", "system": "be brief"}]
+    task_dir, config = task_with(tmp_path, rows, prompt_column="question", response_column="answer")
+    (row,) = load_task_data(task_dir, config)["train"]
+    assert row["prompt"][0] == {"role": "system", "content": "be brief"}
+    assert row["completion"] == [{"role": "assistant", "content": "a"}]
+
+
+def test_csv_rows_are_named_by_their_line(tmp_path):
+    (tmp_path / "t.csv").write_text("prompt,response\nq1,a1\nq2,\n")
+    config = config_from_dict({"base_model": "builtin:tiny", "data": {"train": ["t.csv"]}})
+    with pytest.raises(TaskError) as info:
+        load_task_data(tmp_path, config)
+    assert str(info.value.problems[0]) == f"{tmp_path}/t.csv:3: `response` is empty"
+
+
+def test_eval_split_holds_out_rows(tmp_path):
+    task_dir, config = task_with(tmp_path, [CHAT] * 10, eval_split=0.2)
+    splits = load_task_data(task_dir, config)
+    assert (len(splits["train"]), len(splits["eval"])) == (8, 2)
