@@ -66,6 +66,7 @@ class SSHServer:
 
 def start_sshd(base: Path) -> SSHServer:
     """Generate keys and a config under `base` and start sshd there (stopped by the caller)."""
+    base.mkdir(parents=True, exist_ok=True)
     for name in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
     (base / "authorized_keys").write_text((base / "user_key.pub").read_text())
