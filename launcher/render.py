@@ -81,8 +81,6 @@ class Dashboard:
                 self.progress.update(self.bar, total=total)
             if step is not None:
                 self.progress.update(self.bar, completed=step)
-            if not self.interactive and event.get("kind") in ("log", "eval", "done"):
-                self.console.print(Text(self._line(event)), highlight=False, soft_wrap=True)
         if self.interactive:
             self.live.update(self._view())
 
@@ -92,13 +90,6 @@ class Dashboard:
             self.live.update(self._view())
         else:
             self.console.print(f"[yellow]{text}[/]")
-
-    def _line(self, event: dict) -> str:
-        parts = [f"{event['kind']:>4}: step {event.get('step')}/{event.get('total_steps')}"]
-        for key in ("loss", "train_loss", "eval_loss", "learning_rate", "grad_norm"):
-            if key in event:
-                parts.append(f"{key} {fmt_num(event[key])}")
-        return "  ".join(parts)
 
     def _view(self):
         stats = Table.grid(padding=(0, 3))

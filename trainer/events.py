@@ -32,6 +32,12 @@ def _jsonable(value):
     return value
 
 
+def human_line(kind: str, step: int, total: int, logs: dict) -> str:
+    shown = ("loss", "eval_loss", "learning_rate", "grad_norm", "train_loss", "train_runtime")
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items() if k in shown]
+    return f"[{kind}] step {step}/{total} " + " ".join(parts)
+
+
 def events_callback(writer: EventWriter):
     """A transformers TrainerCallback that mirrors logs, evals and saves into events.jsonl."""
     from transformers import TrainerCallback
@@ -49,6 +55,7 @@ def events_callback(writer: EventWriter):
                 kind = "summary"
             logs.setdefault("epoch", state.epoch)
             writer.emit(kind, step=state.global_step, total_steps=state.max_steps, **logs)
+            print(human_line(kind, state.global_step, state.max_steps, logs), flush=True)  # into train.log
 
         def on_save(self, args, state, control, **kwargs):
             writer.emit(

@@ -58,10 +58,13 @@ def run(run_dir: Path) -> int:
 
 
 def build_trainer(config: TaskConfig, model, tokenizer, splits, output_dir: Path, events: EventWriter):
+    import datasets
     import torch
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    datasets.disable_progress_bars()  # bars are noise in train.log; events.jsonl carries progress
     t = config.training
     train_ds = Dataset.from_list(splits["train"])
     eval_ds = Dataset.from_list(splits["eval"]) if splits["eval"] else None
@@ -101,7 +104,7 @@ def build_trainer(config: TaskConfig, model, tokenizer, splits, output_dir: Path
         disable_tqdm=True,  # train.log is read by people and by `logs -f`; progress bars are noise there
         dataloader_num_workers=0,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -110,3 +113,5 @@ def build_trainer(config: TaskConfig, model, tokenizer, splits, output_dir: Path
         peft_config=lora_spec(config),
         callbacks=[events_callback(events)],
     )
+    trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat our own lines in train.log
+    return trainer
