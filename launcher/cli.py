@@ -84,30 +84,42 @@ def push(task, host):
 @click.option("--gpus", help="GPUs: auto, a count (2) or indices (0,1). Default: the host entry's `gpus`.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task value for this run.")
 @click.option("--exp", "experiment", help="Overlay tasks/<task>/experiments/<NAME>.yaml.")
-def train(task, host, gpus, overrides, experiment):
+@click.option("--resume", "resume", metavar="RUN", help="Continue RUN from its latest complete checkpoint.")
+@click.option("--force", is_flag=True, help="Use the GPUs named by --gpus even if someone holds them.")
+def train(task, host, gpus, overrides, experiment, resume, force):
     """Check the task, sync it, and start the trainer on the host, detached. Returns at once.
 
-    TASK defaults to the task pushed last.
+    TASK defaults to the task pushed last (with --resume: the resumed run's task and host).
 
     \b
     Example:
       gpurun train tasks/hr --host a100 --gpus 0,1 --set training.max_steps=300
+      gpurun train --resume hr-20260101-120000-ab12
     """
     from launcher.launch import launch, resolve_task_dir
     from launcher.runs import History
 
     root = _root()
-    task_dir = resolve_task_dir(root, task, History(root))
+    history = History(root)
+    parent = history.get(resume) if resume else None
+    if parent and task is None:
+        task = parent.task_dir
+    if parent and host is None:
+        host = parent.host
+    task_dir = resolve_task_dir(root, task, history)
     console = _console()
     with console.status(f"checking and syncing {task_dir.name}…"):
-        launched = launch(root, task_dir, host, gpus=gpus, overrides=overrides, experiment=experiment)
+        launched = launch(
+            root, task_dir, host, gpus=gpus, overrides=overrides, experiment=experiment, resume=parent, force=force
+        )
     for notice in launched.checked.notices:
         console.print(f"[yellow]notice:[/] {notice}")
     for warning in launched.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     record = launched.record
     gpus_shown = launched.gpus if launched.gpus else "default"
-    console.print(f"started [bold]{record.run_id}[/] on {record.host} (GPUs: {gpus_shown})")
+    resumed = f", resuming {parent.run_id}" if parent else ""
+    console.print(f"started [bold]{record.run_id}[/] on {record.host} (GPUs: {gpus_shown}{resumed})")
     console.print(f"follow it: gpurun logs -f {record.run_id}")
 
 

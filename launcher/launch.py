@@ -68,6 +68,8 @@ def launch(
     gpus: str | None = None,
     overrides: tuple[str, ...] = (),
     experiment: str | None = None,
+    resume: RunRecord | None = None,
+    force: bool = False,
 ) -> Launched:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -107,6 +109,9 @@ def launch(
         "launcher_version": __version__,
         "trainer_version": trainer_version(),
         "started_at": started_at,
+        "resume_from": resume.run_id if resume else None,  # the trainer picks its latest complete checkpoint
+        "force": force,
+        "secret_env": host.secret_env,
     }
     env = {**host.env, **launcher_env_secrets(host)}
     reply = start_on_host(remote, trainer_root, run_id, {"run": run, "env": env})
@@ -121,6 +126,7 @@ def launch(
         trainer_root=trainer_root,
         started_at=started_at,
         state=reply.get("state"),
+        parent=resume.run_id if resume else None,
     )
     history.add(record)
     return Launched(record, checked, reply.get("gpus"), reply.get("warnings") or [], timings)

@@ -42,7 +42,9 @@ class Remote:
 
     def python_argv(self, trainer_root: str, *args: str) -> list[str]:
         """`python -m trainer ARGS` on the host, running the trainer copy under `trainer_root`."""
-        return ["env", f"PYTHONPATH={trainer_root}", self.host.python, "-m", "trainer", *args]
+        # The host's `env:` applies to these commands too (a PATH with its nvidia-smi, say); secrets never do.
+        assignments = [f"{k}={v}" for k, v in self.host.env.items()]
+        return ["env", f"PYTHONPATH={trainer_root}", *assignments, self.host.python, "-m", "trainer", *args]
 
     def path(self, *parts: str) -> str:
         return "/".join([self.workdir.rstrip("/"), *parts])

@@ -112,12 +112,13 @@ def runs_table(rows: list[dict]) -> Table:
         table.add_column(column, no_wrap=column in ("run", "started"))
     for row in rows:
         state = row.get("state") or "?"
+        shown_state = f"{state} ({row['exit_code']})" if state == "failed" and row.get("exit_code") else state
         step = f"{row.get('step') or 0}/{row.get('total_steps') or '?'}"
         table.add_row(
             row["run_id"],
             row.get("task") or "",
             row.get("host") or "",
-            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
+            f"[{STATE_STYLE.get(state, 'white')}]{shown_state}[/]",
             step,
             fmt_num(row.get("loss")),
             fmt_num(row.get("eval_loss")),

@@ -19,7 +19,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, task TEXT NOT NULL, task_dir TEXT NOT NULL, host TEXT NOT NULL,
     trainer_root TEXT NOT NULL, started_at REAL NOT NULL, state TEXT, exit_code INTEGER,
-    step INTEGER, total_steps INTEGER, loss REAL, eval_loss REAL, updated_at REAL
+    step INTEGER, total_steps INTEGER, loss REAL, eval_loss REAL, updated_at REAL, parent TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -41,6 +41,7 @@ class RunRecord:
     loss: float | None = None
     eval_loss: float | None = None
     updated_at: float | None = None
+    parent: str | None = None  # the run this one resumed
 
 
 def new_run_id(task: str, now: float | None = None) -> str:

@@ -10,6 +10,8 @@ import math
 import time
 from pathlib import Path
 
+from trainer.checkpoints import mark_complete
+
 EVENTS_FILE = "events.jsonl"
 
 
@@ -58,6 +60,8 @@ def events_callback(writer: EventWriter):
             print(human_line(kind, state.global_step, state.max_steps, logs), flush=True)  # into train.log
 
         def on_save(self, args, state, control, **kwargs):
+            # Called once the checkpoint is fully written: only now is it safe to resume from.
+            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             writer.emit(
                 "save",
                 step=state.global_step,
@@ -66,3 +70,16 @@ def events_callback(writer: EventWriter):
             )
 
     return EventsCallback()
+
+
+def stop_callback(requested):
+    """Checkpoint and stop at the next step end once `requested()` is true (SIGTERM from `gpurun stop`)."""
+    from transformers import TrainerCallback
+
+    class StopCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if requested():
+                control.should_save = True
+                control.should_training_stop = True
+
+    return StopCallback()

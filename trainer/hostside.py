@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.gpus import GpuError, claim_gpus
+
 RUN_FILE = "run.json"
 PID_FILE = "pid"
 EXIT_FILE = "exit_code"
@@ -26,6 +28,7 @@ ENV_FILE = "env.json"
 LOG_FILE = "train.log"
 EVENTS_FILE = "events.jsonl"
 WRAPPER_LOG = "wrapper.log"
+LOCK_FDS_ENV = "GPURUN_LOCK_FDS"
 STARTING_GRACE_S = 30.0  # a run without a pid file this young is still starting, not lost
 POLL_S = 0.2
 HEARTBEAT_S = 5.0
@@ -55,14 +58,19 @@ def cmd_start(args: list[str]) -> int:
     if missing:
         _reply({"error": f"{sys.executable} lacks {', '.join(missing)}", "hint": "pip install 'gpurun[train]' there"})
         return 1
-    warnings: list[str] = []
-    payload["run"]["gpus"] = pick_gpus(payload["run"].get("gpus"), warnings)
+    run = payload["run"]
+    try:
+        claim = claim_gpus(run.get("gpus"), run["run_id"], force=bool(run.get("force")))
+    except GpuError as exc:
+        _reply({"error": exc.message, "hint": exc.hint})
+        return 1
+    run["gpus"] = claim.visible
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
         _reply({"error": f"run directory {run_dir} already exists"})
         return 1
-    _write_atomic(run_dir / RUN_FILE, json.dumps(payload["run"], indent=2, ensure_ascii=False))
+    _write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False))
     # Secrets travel in this 0600 file, never on a command line or in run.json.
     fd = os.open(run_dir / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -74,69 +82,22 @@ def cmd_start(args: list[str]) -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # setsid: its own process group, immune to the ssh session's SIGHUP
-            close_fds=True,
+            pass_fds=claim.fds,  # the GPU locks live as long as the job does
+            env={**os.environ, LOCK_FDS_ENV: ",".join(map(str, claim.fds))},
         )
     # Wait briefly for the wrapper to record itself, so `status` right after says running.
     deadline = time.time() + 10
     while time.time() < deadline and not (run_dir / PID_FILE).exists() and proc.poll() is None:
         time.sleep(0.02)
-    _reply(
-        {"pid": proc.pid, "state": run_state(run_dir)["state"], "gpus": payload["run"]["gpus"], "warnings": warnings}
-    )
+    _reply({"pid": proc.pid, "state": run_state(run_dir)["state"], "gpus": claim.visible, "warnings": claim.warnings})
     return 0
-
-
-def pick_gpus(spec: str | None, warnings: list[str]) -> str | None:
-    """CUDA_VISIBLE_DEVICES for a `--gpus` spec: None (leave alone), "auto" (all free), "N" (N free), "0,2"."""
-    if spec is None or spec == "":
-        return None
-    if spec != "auto" and not spec.isdigit():  # an explicit list such as "0,2" (or "1," for GPU 1 alone)
-        return spec.strip(",")
-    gpus = query_gpus()
-    if gpus is None:
-        warnings.append("no nvidia-smi on this host: training runs on the CPU")
-        return ""
-    free = [g["index"] for g in gpus if g["free"]]
-    want = len(free) if spec == "auto" else int(spec)  # "2" means two free GPUs
-    if len(free) < want or not free:
-        raise SystemExit(_fail(f"{want or 1} free GPU(s) wanted, {len(free)} free", "pick GPUs with --gpus 0,1"))
-    return ",".join(free[:want])
-
-
-def query_gpus() -> list[dict] | None:
-    """Each GPU with its memory and whether a compute process holds it; None without nvidia-smi."""
-    import shutil
-
-    if shutil.which("nvidia-smi") is None:
-        return None
-    fields = "index,uuid,memory.used,memory.total,utilization.gpu"
-    gpus_csv = subprocess.run(
-        ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"], capture_output=True, text=True
-    ).stdout
-    procs_csv = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=gpu_uuid,pid", "--format=csv,noheader"], capture_output=True, text=True
-    ).stdout
-    busy = {line.split(",")[0].strip() for line in procs_csv.splitlines() if line.strip()}
-    gpus = []
-    for line in gpus_csv.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) < 5:
-            continue
-        index, uuid, used, total, util = parts[:5]
-        free = uuid not in busy and float(used or 0) < 0.1 * float(total or 1)
-        gpus.append({"index": index, "uuid": uuid, "used_mib": used, "total_mib": total, "util": util, "free": free})
-    return gpus
-
-
-def _fail(message: str, hint: str) -> int:
-    _reply({"error": message, "hint": hint})
-    return 1
 
 
 def cmd_wrap(args: list[str]) -> int:
     run_dir = Path(args[0])
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    lock_fds = [int(fd) for fd in os.environ.pop(LOCK_FDS_ENV, "").split(",") if fd]
     env = dict(os.environ)
     env.update(json.loads((run_dir / ENV_FILE).read_text(encoding="utf-8")))
     env["PYTHONUNBUFFERED"] = "1"
@@ -156,6 +117,7 @@ def cmd_wrap(args: list[str]) -> int:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=run_dir,
+            pass_fds=lock_fds,  # if the wrapper is killed, the trainer still holds its GPUs
         )
 
         def forward(signum, _frame):  # let the trainer save and exit; we stay to record how it ended

@@ -6,28 +6,63 @@ The host layout is <workdir>/runs/<run-id>/ beside <workdir>/tasks/<task>/.
 """
 
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 
-from trainer.config import TaskConfig, config_from_dict
+from trainer.checkpoints import latest_complete_checkpoint
+from trainer.config import TaskConfig, TaskError, config_from_dict
 from trainer.data import load_task_data
-from trainer.events import EVENTS_FILE, EventWriter, events_callback
+from trainer.events import EVENTS_FILE, EventWriter, events_callback, stop_callback
 from trainer.model import load_model, load_tokenizer, lora_spec, resolve_base_model
 from trainer.tiny import default_cache_dir
 
 OUTPUT_DIR = "output"
+EXIT_STOPPED = 128 + signal.SIGTERM
+SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+
+
+class StopRequest:
+    """SIGTERM (from `gpurun stop`) asks for a checkpoint at the next step end, then a clean exit."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, _signum, _frame):
+        self.requested = True
 
 
 def run(run_dir: Path) -> int:
     run_dir = Path(run_dir).resolve()
     workdir = run_dir.parent.parent
+    stop = StopRequest()
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     events = EventWriter(run_dir / EVENTS_FILE)
-    events.emit("start", run_id=record["run_id"], task=record["task"])
+    # Names only, never values: proof that the secrets arrived, safe to log.
+    secrets = sorted(name for name in os.environ if name in SECRET_NAMES or name in record.get("secret_env", []))
+    events.emit("start", run_id=record["run_id"], task=record["task"], secrets=secrets)
 
     # 1. The task, checked again here: the host's files are what will actually be trained on.
     config = config_from_dict(record["config"])
     task_dir = workdir / "tasks" / record["task"]
-    splits = load_task_data(task_dir, config)
+    try:
+        splits = load_task_data(task_dir, config)
+    except TaskError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", flush=True)
+        events.emit("error", message=f"{len(exc.problems)} data problem(s)", problems=[str(p) for p in exc.problems])
+        return 1
+    resume_from = None
+    if record.get("resume_from"):
+        parent_output = workdir / "runs" / record["resume_from"] / OUTPUT_DIR
+        resume_from = latest_complete_checkpoint(parent_output)
+        if resume_from is None:
+            print(f"error: no complete checkpoint in {parent_output}", flush=True)
+            events.emit("error", message=f"no complete checkpoint in run {record['resume_from']}")
+            return 1
+        print(f"resuming from {resume_from}", flush=True)
     print(
         f"data: {len(splits['train'])} train, {len(splits['eval'])} eval, {len(splits['test'])} test rows", flush=True
     )
@@ -38,10 +73,21 @@ def run(run_dir: Path) -> int:
     tokenizer = load_tokenizer(base)
     model = load_model(config, base)
 
+    if stop.requested:
+        events.emit("stopped", step=0)
+        return EXIT_STOPPED
+
     # 3. Train.
     output_dir = run_dir / OUTPUT_DIR
     trainer = build_trainer(config, model, tokenizer, splits, output_dir, events)
-    result = trainer.train()
+    trainer.add_callback(stop_callback(lambda: stop.requested))
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stop.requested:
+        checkpoint = latest_complete_checkpoint(output_dir)
+        events.emit("stopped", step=trainer.state.global_step, checkpoint=checkpoint.name if checkpoint else None)
+        print(f"stopped at step {trainer.state.global_step}; checkpoint: {checkpoint}", flush=True)
+        sys.stdout.flush()
+        return EXIT_STOPPED
 
     # 4. Save what `gpurun pull` brings home: adapter, tokenizer, state, resolved config.
     trainer.save_model(str(output_dir))

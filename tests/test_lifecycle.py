@@ -1,0 +1,163 @@
+"""Runs that survive everything, state that never lies: faults injected against the real test sshd."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.runs import History
+from tests.conftest import gpurun_argv, run_gpurun
+from trainer.checkpoints import COMPLETE_MARKER
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def latest_run_id(project: Path) -> str:
+    return History(project).get(None).run_id
+
+
+def host_events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_step(run_dir: Path) -> int:
+    steps = [e.get("step", 0) for e in host_events(run_dir) if e["kind"] == "log"]
+    return max(steps, default=0)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def trainer_pid(run_dir: Path) -> int:
+    wrapper = wait_for(lambda: (run_dir / "pid").exists() and json.loads((run_dir / "pid").read_text()), what="pid")
+    return wait_for(lambda: children_of(wrapper["pid"]), what="trainer process")[0]
+
+
+def start_long_run(project: Path, *extra: str, steps: int = 400) -> tuple[str, Path]:
+    result = run_gpurun(project, "train", "tasks/hr", "--host", "a100", "--set", f"training.max_steps={steps}", *extra)
+    assert result.returncode == 0, result.stderr
+    run_id = latest_run_id(project)
+    return run_id, result
+
+
+def status_of(project: Path, run_id: str) -> str:
+    result = run_gpurun(project, "status", run_id)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_kill_9_of_the_trainer_is_failed_137(ssh_project, host_workdir):
+    run_id, _ = start_long_run(ssh_project)
+    run_dir = host_workdir / "runs" / run_id
+    os.kill(trainer_pid(run_dir), signal.SIGKILL)
+    wait_for(lambda: (run_dir / "exit_code").exists(), what="exit_code")
+    assert "failed (137)" in status_of(ssh_project, run_id)
+    assert run_gpurun(ssh_project, "logs", "-f", run_id).returncode == 137
+
+
+def test_wrapper_and_trainer_killed_is_lost(ssh_project, host_workdir):
+    run_id, _ = start_long_run(ssh_project)
+    run_dir = host_workdir / "runs" / run_id
+    trainer_pid(run_dir)
+    os.killpg(json.loads((run_dir / "pid").read_text())["pgid"], signal.SIGKILL)
+    wait_for(lambda: "lost" in status_of(ssh_project, run_id), timeout=20, what="lost")
+    assert not (run_dir / "exit_code").exists()
+    assert run_gpurun(ssh_project, "logs", "-f", run_id).returncode == 125
+
+
+def final_loss(run_dir: Path, step: int) -> float:
+    losses = [e["loss"] for e in host_events(run_dir) if e["kind"] == "log" and e.get("step") == step and "loss" in e]
+    assert losses, f"no loss logged at step {step}"
+    return losses[-1]
+
+
+def test_stop_checkpoints_and_resume_matches_the_uninterrupted_run(ssh_project, host_workdir):
+    steps = ["--set", "training.logging_steps=1", "--set", "training.save_steps=4", "--set", "training.eval_steps=100"]
+    total = 40
+    # The reference: the same run, never interrupted.
+    ref_id, _ = start_long_run(ssh_project, *steps, steps=total)
+    assert run_gpurun(ssh_project, "logs", "-f", ref_id).returncode == 0
+    reference = final_loss(host_workdir / "runs" / ref_id, total)
+
+    run_id, _ = start_long_run(ssh_project, *steps, steps=total)
+    run_dir = host_workdir / "runs" / run_id
+    wait_for(lambda: last_step(run_dir) >= 6, what="step 6")
+    stop = run_gpurun(ssh_project, "stop", run_id, "--grace", "60")
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+    stopped_at = [e for e in host_events(run_dir) if e["kind"] == "stopped"][-1]
+    assert stopped_at["step"] < total, "stopped too late to test a resume"
+    checkpoint = run_dir / "output" / stopped_at["checkpoint"]
+    assert (checkpoint / COMPLETE_MARKER).exists()
+    # A half-written checkpoint with a higher step must never be picked.
+    (run_dir / "output" / "checkpoint-9999").mkdir()
+    (run_dir / "output" / "checkpoint-9999" / "trainer_state.json").write_text("{")
+
+    resumed = run_gpurun(ssh_project, "train", "--resume", run_id, *steps, "--set", f"training.max_steps={total}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_id}" in resumed.stdout
+    new_id = latest_run_id(ssh_project)
+    assert History(ssh_project).get(new_id).parent == run_id
+    assert run_gpurun(ssh_project, "logs", "-f", new_id).returncode == 0
+    new_dir = host_workdir / "runs" / new_id
+    assert f"resuming from {checkpoint}" in (new_dir / "train.log").read_text()
+    assert last_step(new_dir) == total
+    assert final_loss(new_dir, total) == pytest.approx(reference, rel=1e-4)
+
+
+def kill_sshd_and_sessions(sshd) -> None:
+    """Kill the listener and every session it forked: every connection drops at once."""
+    listener = sshd.proc.pid
+    for pid in children_of(listener):
+        for grandchild in children_of(pid):
+            os.kill(grandchild, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+    os.kill(listener, signal.SIGKILL)
+    sshd.proc.wait()
+
+
+def test_follow_survives_killed_connections_and_a_restarted_sshd(ssh_project, host_workdir, sshd):
+    run_id, _ = start_long_run(ssh_project, "--set", "training.logging_steps=1", steps=80)
+    run_dir = host_workdir / "runs" / run_id
+    env = {**os.environ, "COLUMNS": "200"}
+    follower = subprocess.Popen(
+        [*gpurun_argv(), "logs", "-f"], cwd=ssh_project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        wait_for(lambda: last_step(run_dir) >= 3, what="step 3")
+        kill_sshd_and_sessions(sshd)
+        time.sleep(3)  # the job goes on without any connection
+        assert last_step(run_dir) > 3
+    finally:
+        sshd.start()
+    out, _ = follower.communicate(timeout=300)
+    text = out.decode()
+    assert follower.returncode == 0, text
+    assert "reconnecting" in text
+    assert (run_dir / "exit_code").read_text().strip() == "0"
+    for step in range(1, 81):
+        assert text.count(f"[log] step {step}/80 ") == 1, f"step {step} shown {text.count(f'[log] step {step}/80 ')}x"
