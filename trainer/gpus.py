@@ -122,8 +122,8 @@ def _claim_free(gpus: list[Gpu], want: int, run_id: str, fds: list[int]) -> list
         fds.append(fd)
         chosen.append(gpu)
     if len(chosen) < want:
-        wanted = "a free GPU" if want == 1 else f"{want} free GPUs"
-        raise GpuError(f"no {wanted} on this host: " + "; ".join(refused), "wait for a GPU, or name one with --force")
+        wanted = "no free GPU" if want == 1 else f"fewer than {want} free GPUs"
+        raise GpuError(f"{wanted} on this host: " + "; ".join(refused), "wait for one, or name a GPU with --force")
     return chosen
 
 
