@@ -67,12 +67,15 @@ def push(task, host):
     from launcher.hosts import resolve_host
     from launcher.launch import push as do_push
     from launcher.launch import resolve_task_dir
+    from launcher.render import push_plan_text
     from launcher.runs import History
+    from launcher.sync import plan_push
 
     root = _root()
     task_dir = resolve_task_dir(root, task, History(root))
     target = resolve_host(root, host)
     console = _console()
+    console.print(push_plan_text(task_dir, plan_push(task_dir)))
     with _progress(console, f"push {task_dir.name} → {target.name}") as on_progress:
         dest = do_push(root, task_dir, target, on_progress)
     console.print(f"pushed [bold]{task_dir}[/] to {target.name}:{dest}")
@@ -192,15 +195,22 @@ def _report_end(console, state: dict) -> int:
 @click.argument("run", required=False)
 @click.option("--checkpoints", is_flag=True, help="Also bring the checkpoint-* folders.")
 @click.option("--partial", is_flag=True, help="Pull what exists now, even while the run goes on.")
-def pull(run, checkpoints, partial):
+@click.option("--watch", is_flag=True, help="Keep fetching new checkpoints while the run goes on.")
+@click.option("--interval", default=30.0, show_default=True, help="Seconds between fetches with --watch.")
+@click.option("--force", is_flag=True, help="Overwrite local files you changed since the last pull.")
+def pull(run, checkpoints, partial, watch, interval, force):
     """Bring a run's adapter, tokenizer, state and logs into tasks/<task>/runs/<run-id>/.
 
-    RUN defaults to the latest run. Never deletes a local file.
+    RUN defaults to the latest run. Never deletes a local file; never overwrites one you changed
+    since the last pull (unless --force). Interrupted transfers resume.
 
     \b
     Example:
       gpurun pull --checkpoints
+      gpurun pull --watch --interval 60
     """
+    import time
+
     from launcher.hosts import resolve_host
     from launcher.remote import remote_for
     from launcher.runs import History, fetch_states
@@ -210,24 +220,49 @@ def pull(run, checkpoints, partial):
     history = History(root)
     record = history.get(run)
     remote = remote_for(resolve_host(root, record.host))
-    state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
-    history.update_state(record.run_id, state)
-    if state.get("state") == "not_found":
-        raise GpurunError(f"run {record.run_id} is not on {record.host}", "list runs with: gpurun runs")
-    if state.get("state") == "running" and not partial:
-        raise GpurunError(
-            f"{record.run_id} is still running (step {state.get('step', 0)}/{state.get('total_steps', '?')})",
-            "wait for it (gpurun logs -f), or pull what exists now with --partial",
-        )
     dest = Path(record.task_dir) / "runs" / record.run_id
     console = _console()
-    with _progress(console, f"pull {record.run_id}") as on_progress:
-        pull_run(remote, record.run_id, dest, checkpoints=checkpoints, on_progress=on_progress)
-    shown = _shown(root, dest)
+
+    def state_now() -> dict:
+        state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
+        history.update_state(record.run_id, state)
+        if state.get("state") == "not_found":
+            raise GpurunError(f"run {record.run_id} is not on {record.host}", "list runs with: gpurun runs")
+        return state
+
+    def fetch(with_checkpoints: bool) -> None:
+        with _progress(console, f"pull {record.run_id}") as on_progress:
+            pull_run(remote, record.run_id, dest, with_checkpoints, on_progress, force=force)
+
+    state = state_now()
+    if watch:
+        seen: set[str] = set()
+        try:
+            while state.get("state") == "running":
+                fetch(True)
+                new = sorted({p.name for p in dest.glob("checkpoint-*")} - seen)
+                for name in new:
+                    console.print(f"fetched {name}")
+                seen.update(new)
+                console.print(
+                    f"step {state.get('step', 0)}/{state.get('total_steps', '?')}; next fetch in {interval:g}s"
+                )
+                time.sleep(interval)
+                state = state_now()
+        except KeyboardInterrupt:
+            console.print("\nstopped watching; the run goes on")
+            return
+        checkpoints = True
+    elif state.get("state") == "running" and not partial:
+        raise GpurunError(
+            f"{record.run_id} is still running (step {state.get('step', 0)}/{state.get('total_steps', '?')})",
+            "wait for it (gpurun logs -f), pull what exists now with --partial, or keep pulling with --watch",
+        )
+    fetch(checkpoints)
     adapter = dest / "adapter_model.safetensors"
     if adapter.exists():
         console.print(f"adapter: [bold]{_shown(root, adapter)}[/]")
-    console.print(f"pulled {record.run_id} ({state.get('state')}) into {shown}")
+    console.print(f"pulled {record.run_id} ({state.get('state')}) into {_shown(root, dest)}")
 
 
 def _shown(root: Path, path: Path) -> str:

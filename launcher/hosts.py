@@ -105,6 +105,9 @@ def _host_from_entry(name: str, entry: dict, path: Path) -> Host:
     if not isinstance(env, dict):
         raise GpurunError(f"{path}: hosts.{name}.env: expected a mapping", "e.g. env: {HF_HOME: /data/hf}")
     host.env = {str(k): str(v) for k, v in env.items()}
+    if host.workdir.strip().rstrip("/") in ("", "~", ".", "$HOME") or host.workdir.strip() == "/":
+        # gpurun writes and mirrors (with --delete) below the workdir: never a whole home or disk.
+        raise GpurunError(f"{path}: hosts.{name}.workdir: {host.workdir!r} is too broad", "e.g. workdir: ~/gpurun")
     if host.transport == "ssh" and (host.ssh.startswith("-") or not host.ssh.strip()):
         # ssh would read "-oProxyCommand=..." as an option: a target must look like [user@]host.
         raise GpurunError(f"{path}: hosts.{name}.ssh: {host.ssh!r} is not an ssh target", "e.g. ssh: user@10.0.0.5")

@@ -9,6 +9,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from launcher.health import Health
+
 STATE_STYLE = {
     "running": "cyan",
     "succeeded": "green",
@@ -45,6 +47,8 @@ class Dashboard:
         self.quiet_log = quiet_log
         self.latest: dict = {}
         self.status = ""
+        self.health = Health()
+        self.alarms: list[str] = []
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -75,6 +79,9 @@ class Dashboard:
 
     def events(self, events: list[dict]) -> None:
         for event in events:
+            for alarm in self.health.feed(event):
+                self.alarms.append(alarm)
+                self.console.print(Text(f"ALARM: {alarm}", style="bold red"), soft_wrap=True)
             self.latest.update({k: v for k, v in event.items() if v is not None})
             step, total = event.get("step"), event.get("total_steps")
             if total:
@@ -101,6 +108,8 @@ class Dashboard:
             f"epoch {fmt_num(latest.get('epoch'), 3)}",
         )
         parts = [self.progress, stats]
+        for alarm in self.alarms[-3:]:
+            parts.append(Text(f"⚠ {alarm}", style="red"))
         if self.status:
             parts.append(Text(self.status, style="yellow"))
         return Group(*parts)
@@ -125,3 +134,20 @@ def runs_table(rows: list[dict]) -> Table:
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
         )
     return table
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def push_plan_text(task_dir, plan) -> Text:
+    text = Text(f"{task_dir}: {plan.files} files, {human_size(plan.size)}")
+    if plan.largest:
+        text.append("; largest: " + ", ".join(f"{name} ({human_size(size)})" for name, size in plan.largest))
+    for name, size in plan.excluded_large:
+        text.append(f"\n  not sent (ignore rules): {name} ({human_size(size)})", style="yellow")
+    return text

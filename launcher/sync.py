@@ -5,9 +5,12 @@ there can never reach runs/), trainer/<version>/trainer/ is this launcher's trai
 """
 
 import hashlib
+import json
 import re
 import shlex
 import subprocess
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import trainer
@@ -105,6 +108,43 @@ def task_name_of(task_dir: Path) -> str:
     return name
 
 
+@dataclass
+class PushPlan:
+    """What a push will send, and what the ignore rules keep back: shown before anything moves."""
+
+    files: int
+    size: int
+    largest: list[tuple[str, int]]
+    excluded_large: list[tuple[str, int]]
+
+
+LARGE_EXCLUDED = 1 << 20  # excluded files from this size up are worth a mention
+
+
+def plan_push(task_dir: Path) -> PushPlan:
+    """The files the push's own filters let through (an rsync dry run), with sizes."""
+    task_dir = task_dir.resolve()
+    with tempfile.TemporaryDirectory() as scratch:
+        argv = rsync_argv(f"{task_dir}/", f"{scratch}/x/", excludes=ALWAYS_EXCLUDED, ignore_files=IGNORE_FILES)
+        argv[1:1] = ["--dry-run", "--out-format=%n"]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GpurunError(f"cannot list {task_dir}: {proc.stderr.strip()[-200:]}", "check the folder's permissions")
+    included = {line for line in proc.stdout.splitlines() if line and not line.endswith("/")}
+    sizes = {}
+    for path in task_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            sizes[str(path.relative_to(task_dir))] = path.stat().st_size
+    sent = {name: sizes.get(name, 0) for name in included}
+    excluded = {
+        name: size
+        for name, size in sizes.items()
+        if name not in included and size >= LARGE_EXCLUDED and not name.startswith("runs/")
+    }
+    by_size = sorted(sent.items(), key=lambda item: -item[1])
+    return PushPlan(len(sent), sum(sent.values()), by_size[:3], sorted(excluded.items(), key=lambda i: -i[1])[:5])
+
+
 def push_task(remote: Remote, task_dir: Path, on_progress=None) -> str:
     """Mirror the task dir to <workdir>/tasks/<task>/; returns the host path."""
     name = task_name_of(task_dir)
@@ -151,22 +191,80 @@ def push_trainer(remote: Remote) -> str:
 # ---------------------------------------------------------------- pull
 
 
-def pull_run(remote: Remote, run_id: str, dest: Path, checkpoints: bool = False, on_progress=None) -> None:
-    """Bring a run's output/ (+ logs) into dest. Never deletes a local file."""
+LOG_FILES = ("train.log", "events.jsonl", "run.json")
+MANIFEST = ".gpurun-pulled.json"  # what pull wrote last time: a local file that no longer matches is the user's
+
+
+def pull_argv(remote: Remote, run_id: str, dest: Path, checkpoints: bool, progress: bool) -> list[str]:
     run_dir = remote.path("runs", run_id)
-    excludes = () if checkpoints else ("checkpoint-*/",)
+    sources = [remote.rsync_path(run_dir + "/output/")]
+    sources += [remote.rsync_path(f"{run_dir}/{name}") for name in LOG_FILES]
     argv = rsync_argv(
-        remote.rsync_path(run_dir + "/output/"),
+        sources[0],
         f"{dest}/",
         rsh=remote.rsh_argv(),
-        excludes=excludes,
-        progress=on_progress is not None,
+        excludes=() if checkpoints else ("checkpoint-*/",),
+        progress=progress,
     )
-    run_rsync(argv, f"pull of {run_id}", on_progress, remote.host)
-    logs = [remote.rsync_path(f"{run_dir}/{name}") for name in ("train.log", "events.jsonl", "run.json")]
-    if remote.rsh_argv() is None:
-        logs = [item for item in logs if Path(item).exists()]
-    if logs:
-        argv = rsync_argv(logs[0], f"{dest}/", rsh=remote.rsh_argv())
-        argv[-2:-1] = logs  # several sources, one destination
-        run_rsync(argv, f"pull of {run_id}'s logs", host=remote.host)
+    argv[-2:-1] = sources  # output/'s contents and the logs, into one folder, in one transfer
+    argv.insert(1, "--ignore-missing-args")  # a run that died early has no events.jsonl yet
+    return argv
+
+
+def pull_run(
+    remote: Remote, run_id: str, dest: Path, checkpoints: bool = False, on_progress=None, force: bool = False
+) -> None:
+    """Bring a run's output/ (+ logs) into dest. Never deletes a local file, and never overwrites
+    one the user changed since the last pull unless `force`."""
+    dest = Path(dest)
+    if dest.exists() and not force:
+        conflicts = local_conflicts(remote, run_id, dest, checkpoints)
+        if conflicts:
+            shown = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+            raise GpurunError(
+                f"pull would overwrite {len(conflicts)} local file(s) you changed: {shown}",
+                "move them elsewhere, or overwrite them with --force",
+            )
+    run_rsync(
+        pull_argv(remote, run_id, dest, checkpoints, on_progress is not None),
+        f"pull of {run_id}",
+        on_progress,
+        remote.host,
+    )
+    write_manifest(dest)
+
+
+def local_conflicts(remote: Remote, run_id: str, dest: Path, checkpoints: bool) -> list[str]:
+    """Files the pull would change whose local copy is not what the last pull wrote."""
+    argv = pull_argv(remote, run_id, dest, checkpoints, progress=False)
+    argv[1:1] = ["--dry-run", "--itemize-changes"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode not in (0, 23, 24):
+        return []  # the real transfer will report the problem properly
+    manifest = read_manifest(dest)
+    conflicts = []
+    for line in proc.stdout.splitlines():
+        flags, _, name = line.partition(" ")
+        if not flags.startswith(">f") or flags.startswith(">f+++"):
+            continue  # not a file, or a new one
+        local = dest / name
+        if local.exists() and manifest.get(name) != _signature(local):
+            conflicts.append(name)
+    return conflicts
+
+
+def _signature(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def read_manifest(dest: Path) -> dict:
+    try:
+        return json.loads((dest / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_manifest(dest: Path) -> None:
+    entries = {str(p.relative_to(dest)): _signature(p) for p in dest.rglob("*") if p.is_file() and p.name != MANIFEST}
+    (dest / MANIFEST).write_text(json.dumps(entries))
