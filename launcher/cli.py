@@ -165,7 +165,8 @@ def logs(run, follow, tail):
         return
     try:
         with dashboard:
-            state = do_follow(remote, record, dashboard.log, dashboard.events, dashboard.set_status)
+            start = -tail if tail is not None else 0
+            state = do_follow(remote, record, dashboard.log, dashboard.events, dashboard.set_status, log_offset=start)
     except KeyboardInterrupt:
         console.print(f"\ndetached; {record.run_id} goes on on {record.host}. Reattach: gpurun logs -f {record.run_id}")
         sys.exit(0)
@@ -239,7 +240,10 @@ def pull(run, checkpoints, partial, watch, interval, force):
         seen: set[str] = set()
         try:
             while state.get("state") == "running":
-                fetch(True)
+                try:
+                    fetch(True)
+                except GpurunError as exc:  # a checkpoint rotated away mid-transfer: the next round gets it
+                    console.print(f"[yellow]warning:[/] {exc.message}; retrying in {interval:g}s")
                 new = sorted({p.name for p in dest.glob("checkpoint-*")} - seen)
                 for name in new:
                     console.print(f"fetched {name}")

@@ -70,6 +70,7 @@ def cmd_start(args: list[str]) -> int:
     except FileExistsError:
         _reply({"error": f"run directory {run_dir} already exists"})
         return 1
+    (run_dir / "output").mkdir()  # exists from the start, so a pull --watch before step 1 finds it
     _write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False))
     # Secrets travel in this 0600 file, never on a command line or in run.json.
     fd = os.open(run_dir / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -251,6 +252,8 @@ def cmd_follow(args: list[str]) -> int:
     """
     run_dir, log_offset, events_offset = Path(args[0]), int(args[1]), int(args[2])
     once = args[3:] == ["once"]  # `gpurun logs` without -f: what there is now, then the state
+    if log_offset < 0:  # `--tail N`: start N lines before the end
+        log_offset = _tail_offset(run_dir / LOG_FILE, -log_offset)
     if not (run_dir / RUN_FILE).exists():
         _reply({"end": {"state": "not_found", "run_id": run_dir.name}})
         return 0
@@ -266,6 +269,22 @@ def cmd_follow(args: list[str]) -> int:
             _reply({"beat": time.time()})
             last_beat = time.time()
         time.sleep(POLL_S)
+
+
+def _tail_offset(path: Path, lines: int) -> int:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return 0
+    end = data.rfind(b"\n")  # only whole lines count
+    if end < 0:
+        return 0
+    position = end
+    for _ in range(lines):
+        position = data.rfind(b"\n", 0, position)
+        if position < 0:
+            return 0
+    return position + 1
 
 
 def _send_new(path: Path, offset: int, kind: str) -> int:
