@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import GpurunError
-from trainer.config import TASK_FILE, TaskConfig, TaskError, load_task
+from trainer.config import TASK_FILE, Problem, TaskConfig, TaskError, load_task
 from trainer.data import load_task_data
 
 
@@ -39,3 +39,48 @@ def task_error(exc: TaskError, task_dir: Path) -> GpurunError:
         hints[0] if len(set(hints)) == 1 else f"fix them, then check again: gpurun validate {task_dir}",
         details=[str(p) + (f"  ({p.hint})" if p.hint else "") for p in problems],
     )
+
+
+def token_checks(
+    root: Path, task_dir: Path, overrides: tuple[str, ...] = (), experiment: str | None = None, show: int = 0
+) -> dict | None:
+    """Token lengths and loss masks, via `python -m trainer validate` in a subprocess (the launcher
+    never imports transformers). None when the training stack is not installed here: the host checks.
+
+    A task whose files and settings passed before is not checked again (cached by content).
+    """
+    import hashlib
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if any(importlib.util.find_spec(name) is None for name in ("torch", "transformers", "trl")):
+        return None
+    from launcher.project import state_dir
+    from launcher.sync import trainer_version
+
+    digest = hashlib.sha256(json.dumps([list(overrides), experiment, trainer_version()]).encode())
+    for path in sorted(p for p in task_dir.rglob("*") if p.is_file() and "runs" not in p.relative_to(task_dir).parts):
+        digest.update(str(path.relative_to(task_dir)).encode())
+        digest.update(path.read_bytes())
+    cache = state_dir(root) / "checked" / digest.hexdigest()[:32]
+    if cache.is_file() and not show:
+        return json.loads(cache.read_text())
+    argv = [sys.executable, "-m", "trainer", "validate", str(task_dir), "--show", str(show)]
+    for item in overrides:
+        argv += ["--set", item]
+    if experiment:
+        argv += ["--exp", experiment]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise GpurunError(f"the token checks failed to run: {tail}", "run: python -m trainer validate TASK") from None
+    problems = [Problem(p["where"], p["message"], p["hint"]) for p in report["problems"]]
+    if problems:
+        raise task_error(TaskError(problems), task_dir)
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps({k: v for k, v in report.items() if k != "previews"}))
+    return report

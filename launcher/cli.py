@@ -5,6 +5,7 @@ the sync and launch code) happens inside the command that needs it, so `gpurun -
 and never loads torch or an SSH library.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,14 @@ class GpurunGroup(click.Group):
             if exc.hint:
                 click.echo(f"Hint: {exc.hint}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug: say so in one line, keep the traceback one variable away
+            if os.environ.get("GPURUN_DEBUG"):
+                raise
+            click.echo(f"Error: internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("Hint: this is a gpurun bug; rerun with GPURUN_DEBUG=1 for the traceback", err=True)
+            ctx.exit(EXIT_USER)
 
 
 @click.group(cls=GpurunGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,7 +60,10 @@ def _root() -> Path:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # piped: tables keep their columns rather than fold to 80
+    return console
 
 
 @main.command()
@@ -366,15 +378,21 @@ def stop(run, grace):
 @click.argument("task")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Check with this override.")
 @click.option("--exp", "experiment", help="Check with tasks/<task>/experiments/<NAME>.yaml overlaid.")
-def validate(task, overrides, experiment):
+@click.option("--show", default=0, metavar="N", help="Render N examples with the trained tokens highlighted.")
+def validate(task, overrides, experiment, show):
     """Check a task's config and every data row, on this machine, without touching a host.
+
+    With the training stack installed here (and the tokenizer at hand: always for builtin:tiny),
+    also token lengths against max_length and the loss mask of every example.
 
     \b
     Example:
       gpurun validate tasks/hr --set training.learning_rate=1e-4
+      gpurun validate tasks/demo --show 2
     """
-    from launcher.checks import check_task
+    from launcher.checks import check_task, token_checks
     from launcher.launch import resolve_task_dir
+    from launcher.render import token_report_text
     from launcher.runs import History
 
     root = _root()
@@ -383,9 +401,14 @@ def validate(task, overrides, experiment):
     console = _console()
     for notice in checked.notices:
         console.print(f"[yellow]notice:[/] {notice}")
+    report = token_checks(root, task_dir, overrides, experiment, show=show)
     counts = ", ".join(f"{n} {split}" for split, n in checked.counts.items() if n)
     config = checked.config
     console.print(f"[green]ok[/] {task_dir}: {config.task} on {config.base_model}; rows: {counts}")
+    if report is None:
+        console.print("token checks: the training stack is not installed here; the host runs them")
+    else:
+        console.print(token_report_text(report))
 
 
 def _progress(console, label: str):

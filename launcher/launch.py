@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import __version__
-from launcher.checks import CheckedTask, check_task
+from launcher.checks import CheckedTask, check_task, token_checks
 from launcher.errors import GpurunError
 from launcher.hosts import Host, resolve_host
 from launcher.remote import Remote, launcher_env_secrets, remote_for
@@ -83,6 +83,7 @@ def launch(
     # 1. Check the task on the laptop: nothing moves for an invalid one.
     task = task_name_of(task_dir)
     checked = check_task(task_dir, overrides, experiment)
+    token_checks(root, task_dir, overrides, experiment)  # masks and lengths, where the tokenizer is at hand
     history = History(root)
     lap("check")
 

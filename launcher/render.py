@@ -151,3 +151,24 @@ def push_plan_text(task_dir, plan) -> Text:
     for name, size in plan.excluded_large:
         text.append(f"\n  not sent (ignore rules): {name} ({human_size(size)})", style="yellow")
     return text
+
+
+def token_report_text(report: dict) -> Text:
+    text = Text()
+    for notice in report.get("notices", []):
+        text.append(f"notice: {notice}\n", style="yellow")
+    lengths = report.get("lengths")
+    if lengths:
+        shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        text.append(f"tokens per example: {shown} (max_length {report['max_length']}); ")
+        style = "yellow" if report["truncated"] else ""
+        text.append(f"{report['truncated']} of {report['rows']} would be truncated", style=style)
+    if report.get("eot_token") is not None:
+        trained = "trained" if report.get("eot_trained") else "NOT trained"
+        text.append(f"\nend-of-turn token {report['eot_token']}: {trained}")
+    for i, pieces in enumerate(report.get("previews") or [], 1):
+        text.append(f"\n--- example {i} (trained tokens highlighted) ---\n", style="dim")
+        for piece, trained in pieces:
+            text.append(piece, style="bold black on green" if trained else "dim")
+    text.rstrip()
+    return text

@@ -55,6 +55,14 @@ class History:
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A history written by an older gpurun gains the newer columns (empty) instead of failing."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+        for name in RunRecord.__dataclass_fields__:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {name}")
 
     def add(self, record: RunRecord) -> None:
         fields = record.__dict__

@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.train import run
 
         return run(rest[0])
+    if command == "validate":
+        from trainer.validate import main as validate
+
+        return validate(rest)
     from trainer import hostside
 
     return hostside.main(argv)

@@ -153,6 +153,10 @@ class TrainingConfig:
     """Longest tokenized example; longer ones are truncated."""
     packing: bool = False
     """Pack several short examples into one sequence."""
+    padding_free: bool = False
+    """Batch without padding (flattened sequences with position ids)."""
+    lr_scheduler_kwargs: dict = field(default_factory=dict)
+    """Extra scheduler arguments, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr."""
     logging_steps: int = 10
     """Log loss and learning rate every N steps."""
     eval_strategy: str = choice(*STRATEGIES, default="steps")
@@ -174,6 +178,34 @@ class TrainingConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    beta: float = 0.1
+    """ORPO's odds-ratio weight / DPO's KL weight."""
+    loss_type: str = choice("sigmoid", "ipo", "hinge", default="sigmoid")
+    """DPO loss."""
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 3
+    """Evaluations without improvement before training stops."""
+    threshold: float = 0.0
+    """Smallest change in the metric that counts as an improvement."""
+
+
+@dataclass
+class EvalSuiteConfig:
+    file: str = ""
+    """Rows (chat `messages` ending with the assistant's answer) to generate on after training."""
+    expected_field: str = "expected_function"
+    """Column holding the expected function name; a row is correct when the answer calls it."""
+    max_new_tokens: int = 64
+    """Generation budget per row."""
+    limit: int = 200
+    """Use at most this many rows."""
+
+
+@dataclass
 class TaskConfig:
     base_model: str = ""
     """Hub id, local path, or `builtin:tiny` (a tiny random model built on the spot)."""
@@ -187,6 +219,14 @@ class TaskConfig:
     """Load the base model quantized (QLoRA)."""
     training: TrainingConfig = field(default_factory=TrainingConfig)
     """Optimizer, schedule, batch sizes, logging, checkpoints."""
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    """ORPO / DPO settings."""
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when the eval metric stops improving (needs eval data)."""
+    eval_suite: EvalSuiteConfig | None = None
+    """After training: generate on a test file and report function-call accuracy (seed 003)."""
+    samples: int = 3
+    """Sample generations on eval prompts written to output/samples.jsonl after training."""
 
 
 # Names from older transformers/TRL versions and from the seed documents -> the current key.
@@ -203,6 +243,9 @@ RENAMED_KEYS = {
     "load_in_4bit": "quantization.load_in_4bit",
     "load_in_8bit": "quantization.load_in_8bit",
     "method": "task",
+    "orpo.beta": "preference.beta",
+    "dpo.beta": "preference.beta",
+    "training.early_stopping_patience": "early_stopping.patience",
 }
 # Keys that are accepted and ignored, with why.
 IGNORED_KEYS = {
@@ -340,6 +383,8 @@ def _translate_old_names(raw: dict, where, notices: list[str]) -> dict:
         if not isinstance(holder, dict) or leaf not in holder:
             continue
         value = holder.pop(leaf)
+        if section and not holder:
+            raw.pop(section)  # `orpo: {beta: 0.1}` leaves nothing behind
         set_path(raw, new, value)
         notices.append(f"{where(old)}: `{old}` is now `{new}`; translated")
     for old, why in IGNORED_KEYS.items():
@@ -382,6 +427,12 @@ def _coerce(value, annotation, fld, dotted, where, problems):
         return _default(fld)
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, dotted, where, problems)
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            hint = "e.g. {min_lr_rate: 0.1}"
+            problems.append(Problem(where(dotted), f"expected a mapping, got {_kind(value)}", hint))
+            return {}
+        return {str(k): v for k, v in value.items()}
     if origin is list:
         items = value if isinstance(value, list) else [value]
         bad = [i for i in items if not isinstance(i, str)]
@@ -473,6 +524,14 @@ def _check_semantics(config: TaskConfig, where, problems: list[Problem]) -> None
         problems.append(Problem(where("data.eval_split"), "must be in [0, 1)", "e.g. eval_split: 0.1"))
     if not 0 < config.data.fraction <= 1:
         problems.append(Problem(where("data.fraction"), "must be in (0, 1]", "e.g. fraction: 0.5"))
+    if config.early_stopping and not (config.data.eval or config.data.eval_split):
+        problems.append(Problem(where("early_stopping"), "needs eval data", "add data.eval or data.eval_split"))
+    if config.early_stopping and config.training.eval_strategy == "no":
+        problems.append(Problem(where("early_stopping"), "needs evaluations", "set training.eval_strategy: steps"))
+    if config.eval_suite and not config.eval_suite.file:
+        problems.append(Problem(where("eval_suite.file"), "missing", "e.g. eval_suite: {file: data/test.jsonl}"))
+    if config.task == "classification" and config.training.packing:
+        problems.append(Problem(where("training.packing"), "packing does not apply to classification", "remove it"))
     q = config.quantization
     if q and q.load_in_4bit and q.load_in_8bit:
         problems.append(Problem(where("quantization"), "4-bit and 8-bit are both on", "pick one"))
@@ -490,4 +549,6 @@ def data_files(config: TaskConfig) -> list[tuple[str, str]]:
         for item in getattr(config.data, split):
             if not item.startswith("hub:"):
                 out.append((split, item))
+    if config.eval_suite and config.eval_suite.file:
+        out.append(("eval_suite", config.eval_suite.file))
     return out

@@ -17,6 +17,12 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 MAX_LISTED = 20
+SPLITS = ("train", "eval", "test")
+WHERE = "_where"  # each normalised row remembers its file:line, for errors found later (token checks)
+
+
+def strip_where(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != WHERE} for row in rows]
 
 
 def read_rows(path: Path, problems: list[Problem]) -> Iterator[tuple[int, object]]:
@@ -47,7 +53,10 @@ def read_rows(path: Path, problems: list[Problem]) -> Iterator[tuple[int, object
             for row in reader:
                 yield reader.line_num, dict(row)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:  # a laptop with the light install: the host checks these rows
+            return
 
         for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
             yield i, row
@@ -168,11 +177,11 @@ def load_split(task_dir: Path, files: list[str], config: TaskConfig, problems: l
             if problem:
                 local.append(Problem(where, problem))
                 continue
-            rows.append(normalise(row, file_format, config))
+            rows.append({**normalise(row, file_format, config), WHERE: where})
         for p in local:  # read_rows names the real path; show it as the user wrote it
             p.where = p.where.replace(str(path), shown)
         problems.extend(local)
-        if count == 0 and not local:
+        if count == 0 and not local and not _unreadable_here(path):
             problems.append(Problem(shown, "no rows", "add at least one example"))
         if file_format:
             seen_formats[shown] = file_format
@@ -180,6 +189,14 @@ def load_split(task_dir: Path, files: list[str], config: TaskConfig, problems: l
         listing = ", ".join(f"{f} is {fmt}" for f, fmt in seen_formats.items())
         problems.append(Problem(files[0], f"mixed data formats: {listing}", "convert them to one format"))
     return rows
+
+
+def _unreadable_here(path: Path) -> bool:
+    if path.suffix.lower() != ".parquet":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is None
 
 
 _FORMAT_HINT = "rows need messages, conversations, instruction/output, prompt/response or text"
@@ -244,17 +261,15 @@ def _load_hub(spec: str, config: TaskConfig, problems: list[Problem]) -> list[di
         if problem:
             problems.append(Problem(f"hub:{spec}:{i}", problem))
         else:
-            out.append(normalise(row, fmt, config))
+            out.append({**normalise(row, fmt, config), WHERE: f"hub:{spec}:{i}"})
     return out
 
 
 def load_task_data(task_dir: Path, config: TaskConfig) -> dict[str, list[dict]]:
     """All splits, checked; raises TaskError listing every bad row (capped) with the total count."""
     problems: list[Problem] = []
-    splits = {
-        split: load_split(task_dir, getattr(config.data, split), config, problems)
-        for split in ("train", "eval", "test")
-    }
+    splits = {split: load_split(task_dir, getattr(config.data, split), config, problems) for split in SPLITS}
+    splits["eval_suite"] = load_eval_suite(task_dir, config, problems)
     if problems:
         total = len(problems)
         if total > MAX_LISTED:
@@ -272,3 +287,33 @@ def load_task_data(task_dir: Path, config: TaskConfig) -> dict[str, list[dict]]:
         splits["eval"], train = train[:cut], train[cut:]
     splits["train"] = train
     return splits
+
+
+def load_eval_suite(task_dir: Path, config: TaskConfig, problems: list[Problem]) -> list[dict]:
+    """Rows of the eval suite: chat messages ending with the expected answer, plus the expected function."""
+    suite = config.eval_suite
+    if not suite:
+        return []
+    path = task_dir / suite.file
+    shown = _shown(task_dir, suite.file)
+    if not path.is_file():
+        problems.append(Problem(shown, "eval suite file not found", f"check eval_suite.file in {task_dir}/task.yaml"))
+        return []
+    rows = []
+    local: list[Problem] = []
+    for line, row in read_rows(path, local):
+        where = f"{shown}:{line}"
+        problem = check_row(row, "messages", config)
+        if problem is None and not isinstance(row.get(suite.expected_field), str):
+            problem = f"missing `{suite.expected_field}` (the expected function name)"
+        if problem:
+            local.append(Problem(where, problem))
+            continue
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]  # the prompt is everything before the answer
+        rows.append({"messages": messages, "expected": row[suite.expected_field], WHERE: where})
+    for p in local:
+        p.where = p.where.replace(str(path), shown)
+    problems.extend(local)
+    return rows[: suite.limit]

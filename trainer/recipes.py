@@ -1,0 +1,184 @@
+"""One function per recipe, each returning a ready transformers/TRL trainer.
+
+    sft             TRL SFTTrainer: assistant-only loss on chat data, completion-only on prompt/response
+    orpo / dpo      TRL ORPOTrainer (trl.experimental.orpo) / DPOTrainer on prompt/chosen/rejected
+    classification  transformers Trainer on AutoModelForSequenceClassification, accuracy metric
+LoRA (and QLoRA, the model being loaded quantized) comes in as a peft config; `lora: null` trains
+every weight.
+"""
+
+from pathlib import Path
+
+from trainer.config import TaskConfig
+from trainer.data import strip_where
+from trainer.model import lora_spec
+
+
+def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
+    """TrainingArguments shared by every recipe."""
+    import torch
+
+    t = config.training
+    scheduler_kwargs = dict(t.lr_scheduler_kwargs)
+    if t.lr_scheduler_type == "cosine_with_min_lr":
+        scheduler_kwargs.setdefault("min_lr_rate", 0.1)
+    if t.lr_scheduler_type == "warmup_stable_decay" and t.max_steps > 0:
+        scheduler_kwargs.setdefault("num_decay_steps", max(1, t.max_steps // 10))
+    load_best = (t.load_best_model_at_end or config.early_stopping is not None) and has_eval
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        gradient_checkpointing=t.gradient_checkpointing,
+        bf16=t.bf16,
+        fp16=t.fp16,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=t.eval_strategy if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=load_best,
+        metric_for_best_model=t.metric_for_best_model if load_best else None,
+        greater_is_better=None,
+        seed=t.seed,
+        report_to=["tensorboard"],
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,  # train.log is read by people and by `logs -f`; progress bars are noise there
+        dataloader_num_workers=0,
+    )
+
+
+def build_trainer(config: TaskConfig, model, tokenizer, splits: dict, output_dir: Path, callbacks: list):
+    import datasets
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    datasets.disable_progress_bars()  # bars are noise in train.log; events.jsonl carries progress
+    has_eval = bool(splits["eval"]) and config.training.eval_strategy != "no"
+    if config.early_stopping is not None and has_eval:
+        es = config.early_stopping
+        callbacks = [*callbacks, EarlyStoppingCallback(es.patience, es.threshold)]
+    build = {"sft": sft, "orpo": preference, "dpo": preference, "classification": classification}[config.task]
+    trainer = build(config, model, tokenizer, splits, common_args(config, output_dir, has_eval), has_eval, callbacks)
+    trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat our own lines in train.log
+    return trainer
+
+
+def sft(config, model, tokenizer, splits, args, has_eval, callbacks):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    train = Dataset.from_list(strip_where(splits["train"]))
+    chat = "messages" in train.column_names
+    t = config.training
+    sft_args = SFTConfig(
+        **args,
+        max_length=t.max_length,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        assistant_only_loss=chat,  # prompt/completion rows get completion-only loss by TRL's default
+    )
+    return SFTTrainer(
+        model=model,
+        args=sft_args,
+        train_dataset=train,
+        eval_dataset=Dataset.from_list(strip_where(splits["eval"])) if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=lora_spec(config),
+        callbacks=callbacks,
+    )
+
+
+def _preference_rows(rows: list[dict]) -> list[dict]:
+    """Conversational form, so TRL applies the model's chat template to prompt and answers."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in rows
+    ]
+
+
+def preference(config, model, tokenizer, splits, args, has_eval, callbacks):
+    from datasets import Dataset
+
+    train = Dataset.from_list(_preference_rows(splits["train"]))
+    evaluation = Dataset.from_list(_preference_rows(splits["eval"])) if has_eval else None
+    p = config.preference
+    if config.task == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        orpo_args = ORPOConfig(**args, beta=p.beta, max_length=config.training.max_length)
+        return ORPOTrainer(
+            model=model,
+            args=orpo_args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=lora_spec(config),
+            callbacks=callbacks,
+        )
+    from trl import DPOConfig, DPOTrainer
+
+    dpo_args = DPOConfig(**args, beta=p.beta, loss_type=[p.loss_type], max_length=config.training.max_length)
+    return DPOTrainer(
+        model=model,
+        args=dpo_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=lora_spec(config),
+        callbacks=callbacks,
+    )
+
+
+def label_names(rows: list[dict]) -> list[str]:
+    return sorted({str(r["label"]) for r in rows})
+
+
+def classification(config, model, tokenizer, splits, args, has_eval, callbacks):
+    import numpy as np
+    from datasets import Dataset
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    names = label_names(splits["train"])
+    index = {name: i for i, name in enumerate(names)}
+
+    def encode(rows):
+        known = [r for r in rows if str(r["label"]) in index]
+        encoded = tokenizer([r["text"] for r in known], truncation=True, max_length=config.training.max_length)
+        return Dataset.from_dict({**encoded, "labels": [index[str(r["label"])] for r in known]})
+
+    def accuracy(prediction):
+        logits, labels = prediction
+        return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+    if config.lora is not None:
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        if getattr(model, "is_quantized", False):
+            model = prepare_model_for_kbit_training(model)
+        model = get_peft_model(model, lora_spec(config))
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**args),
+        train_dataset=encode(splits["train"]),
+        eval_dataset=encode(splits["eval"]) if has_eval else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=accuracy,
+        callbacks=callbacks,
+    )

@@ -1,0 +1,68 @@
+"""`python -m trainer validate TASK_DIR [--set K=V]... [--exp NAME] [--show N]`: the token-level checks.
+
+The launcher runs this in a subprocess when the training stack is installed on the laptop (it
+never imports transformers itself), and the trainer runs the same checks on the host before
+training. Prints one JSON object: problems, notices, length report and mask previews.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from trainer.config import TaskConfig, TaskError, load_task
+from trainer.data import load_task_data
+from trainer.tiny import default_cache_dir, is_builtin
+
+
+def local_tokenizer(config: TaskConfig, cache_fallback: Path | None = None):
+    """The task's tokenizer if it can be had without a download (builtin, a local path, or the HF cache)."""
+    from transformers import AutoTokenizer
+
+    from trainer.model import load_tokenizer, resolve_base_model
+
+    if is_builtin(config.base_model):
+        return load_tokenizer(resolve_base_model(config, default_cache_dir(fallback=cache_fallback)))
+    if Path(config.base_model).expanduser().is_dir():
+        return load_tokenizer(str(Path(config.base_model).expanduser()))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.base_model, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached here: the host checks it
+        return None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer validate")
+    parser.add_argument("task_dir")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--exp")
+    parser.add_argument("--show", type=int, default=0)
+    args = parser.parse_args(argv)
+    out: dict = {"problems": [], "notices": []}
+    try:
+        config = load_task(args.task_dir, args.overrides, args.exp, notices=out["notices"])
+        splits = load_task_data(Path(args.task_dir), config)
+    except TaskError as exc:
+        out["problems"] = [{"where": p.where, "message": p.message, "hint": p.hint} for p in exc.problems]
+        print(json.dumps(out))
+        return 0
+    tokenizer = local_tokenizer(config)
+    if tokenizer is None:
+        out["notices"].append(f"tokenizer of {config.base_model} is not on this machine: token checks run on the host")
+        print(json.dumps(out))
+        return 0
+    from trainer.tokens import token_report
+
+    report = token_report(splits["train"] + splits["eval"], tokenizer, config, show=args.show)
+    out["problems"] = [{"where": p.where, "message": p.message, "hint": p.hint} for p in report.problems]
+    out["lengths"] = report.percentiles()
+    out["rows"] = len(report.lengths)
+    out["truncated"] = report.truncated
+    out["max_length"] = config.training.max_length
+    out["eot_token"] = report.eot_token
+    out["eot_trained"] = report.eot_trained
+    out["previews"] = report.previews
+    print(json.dumps(out, ensure_ascii=False))
+    return 0
