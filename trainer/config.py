@@ -288,6 +288,8 @@ def load_task(
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        if not _settable(raw, key.strip()):
+            continue  # its parent is not a mapping: that is reported below, against the file
         set_path(raw, key.strip(), value)
         lines[key.strip()] = "--set"
     return config_from_dict(raw, where=lambda key: _where(path, lines, key), notices=notices, problems=problems)
@@ -325,6 +327,17 @@ def deep_merge(base: dict, overlay: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def _settable(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split(".")[:-1]:
+        if part not in node:
+            return True
+        if not isinstance(node[part], dict):
+            return False
+        node = node[part]
+    return True
 
 
 def set_path(raw: dict, dotted: str, value: Any) -> None:

@@ -112,8 +112,8 @@ def run(run_dir: Path) -> int:
     if config.task != "classification" and config.samples:
         from trainer.evaluate import write_samples
 
-        written = write_samples(trainer.model, tokenizer, splits["eval"] or splits["test"], config.samples,
-                                output_dir / "samples.jsonl")  # fmt: skip
+        prompts = splits["eval"] or splits["test"] or splits["train"]
+        written = write_samples(trainer.model, tokenizer, prompts, config.samples, output_dir / "samples.jsonl")
         print(f"wrote {written} sample generations to {output_dir / 'samples.jsonl'}", flush=True)
     suite = run_eval_suite(config, trainer.model, tokenizer, splits)
     if suite is not None:
