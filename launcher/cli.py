@@ -211,7 +211,8 @@ def _report_end(console, state: dict) -> int:
 @click.option("--watch", is_flag=True, help="Keep fetching new checkpoints while the run goes on.")
 @click.option("--interval", default=30.0, show_default=True, help="Seconds between fetches with --watch.")
 @click.option("--force", is_flag=True, help="Overwrite local files you changed since the last pull.")
-def pull(run, checkpoints, partial, watch, interval, force):
+@click.option("--merged", is_flag=True, help="Also bring output/merged/ (written by gpurun merge).")
+def pull(run, checkpoints, partial, watch, interval, force, merged):
     """Bring a run's adapter, tokenizer, state and logs into tasks/<task>/runs/<run-id>/.
 
     RUN defaults to the latest run. Never deletes a local file; never overwrites one you changed
@@ -245,7 +246,7 @@ def pull(run, checkpoints, partial, watch, interval, force):
 
     def fetch(with_checkpoints: bool) -> None:
         with _progress(console, f"pull {record.run_id}") as on_progress:
-            pull_run(remote, record.run_id, dest, with_checkpoints, on_progress, force=force)
+            pull_run(remote, record.run_id, dest, with_checkpoints, on_progress, force=force, merged=merged)
 
     state = state_now()
     if watch:
@@ -372,6 +373,39 @@ def stop(run, grace):
     state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
     history.update_state(record.run_id, state)
     _console().print(f"{record.run_id}: {state.get('state')}")
+
+
+@main.command()
+@click.argument("run", required=False)
+def merge(run):
+    """Fold a finished run's LoRA adapter into its base model, on the host: output/merged/.
+
+    Bring it home with `gpurun pull RUN --merged`.
+
+    \b
+    Example:
+      gpurun merge hr-20260101-120000-ab12
+    """
+    from launcher.hosts import resolve_host
+    from launcher.remote import remote_for
+    from launcher.runs import History
+    from launcher.sync import push_trainer
+
+    root = _root()
+    record = History(root).get(run)
+    remote = remote_for(resolve_host(root, record.host))
+    console = _console()
+    with console.status(f"merging {record.run_id} on {record.host}…"):
+        trainer_root = push_trainer(remote)  # this launcher's trainer: the run's own may predate merge
+        argv = remote.python_argv(trainer_root, "merge", remote.path("runs", record.run_id))
+        proc = remote.run(argv, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0:
+        message = next((line[7:] for line in lines if line.startswith("error: ")), None)
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise GpurunError(f"merge of {record.run_id} failed: {message or tail}", "check the run: gpurun status")
+    console.print(lines[-1] if lines else "merged")
+    console.print(f"bring it home: gpurun pull {record.run_id} --merged")
 
 
 @main.command()

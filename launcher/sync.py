@@ -60,10 +60,9 @@ def rsync_argv(
 
 
 def run_rsync(argv: list[str], what: str, on_progress=None, host: Host | None = None) -> None:
+    errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: rsync can never block on a full stderr
     try:
-        proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-        )
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL, text=True)
     except FileNotFoundError:
         raise GpurunError("rsync not found", "install it (apt-get install rsync / brew install rsync)") from None
     buffer = ""
@@ -77,8 +76,11 @@ def run_rsync(argv: list[str], what: str, on_progress=None, host: Host | None = 
             match = _PROGRESS.match(line)
             if match and on_progress:
                 on_progress(int(match.group(2)), int(match.group(1).replace(",", "")))
-    stderr = proc.stderr.read()
-    if proc.wait() != 0:
+    proc.wait()
+    errors.seek(0)
+    stderr = errors.read()
+    errors.close()
+    if proc.returncode != 0:
         if host is not None and not host.is_local and (proc.returncode == 255 or _ssh_said_no(stderr)):
             raise ssh_failure(host, stderr)  # the same message as the command channel's
         last = (stderr.strip().splitlines() or ["rsync failed"])[-1]
@@ -195,7 +197,9 @@ LOG_FILES = ("train.log", "events.jsonl", "run.json")
 MANIFEST = ".gpurun-pulled.json"  # what pull wrote last time: a local file that no longer matches is the user's
 
 
-def pull_argv(remote: Remote, run_id: str, dest: Path, checkpoints: bool, progress: bool) -> list[str]:
+def pull_argv(
+    remote: Remote, run_id: str, dest: Path, checkpoints: bool, progress: bool, merged: bool = False
+) -> list[str]:
     run_dir = remote.path("runs", run_id)
     sources = [remote.rsync_path(run_dir + "/output/")]
     sources += [remote.rsync_path(f"{run_dir}/{name}") for name in LOG_FILES]
@@ -203,7 +207,7 @@ def pull_argv(remote: Remote, run_id: str, dest: Path, checkpoints: bool, progre
         sources[0],
         f"{dest}/",
         rsh=remote.rsh_argv(),
-        excludes=() if checkpoints else ("checkpoint-*/",),
+        excludes=(() if checkpoints else ("checkpoint-*/",)) + (() if merged else ("/merged/",)),
         progress=progress,
     )
     argv[-2:-1] = sources  # output/'s contents and the logs, into one folder, in one transfer
@@ -212,13 +216,19 @@ def pull_argv(remote: Remote, run_id: str, dest: Path, checkpoints: bool, progre
 
 
 def pull_run(
-    remote: Remote, run_id: str, dest: Path, checkpoints: bool = False, on_progress=None, force: bool = False
+    remote: Remote,
+    run_id: str,
+    dest: Path,
+    checkpoints: bool = False,
+    on_progress=None,
+    force: bool = False,
+    merged: bool = False,
 ) -> None:
     """Bring a run's output/ (+ logs) into dest. Never deletes a local file, and never overwrites
     one the user changed since the last pull unless `force`."""
     dest = Path(dest)
     if dest.exists() and not force:
-        conflicts = local_conflicts(remote, run_id, dest, checkpoints)
+        conflicts = local_conflicts(remote, run_id, dest, checkpoints, merged)
         if conflicts:
             shown = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
             raise GpurunError(
@@ -226,7 +236,7 @@ def pull_run(
                 "move them elsewhere, or overwrite them with --force",
             )
     run_rsync(
-        pull_argv(remote, run_id, dest, checkpoints, on_progress is not None),
+        pull_argv(remote, run_id, dest, checkpoints, on_progress is not None, merged),
         f"pull of {run_id}",
         on_progress,
         remote.host,
@@ -234,9 +244,9 @@ def pull_run(
     write_manifest(dest)
 
 
-def local_conflicts(remote: Remote, run_id: str, dest: Path, checkpoints: bool) -> list[str]:
+def local_conflicts(remote: Remote, run_id: str, dest: Path, checkpoints: bool, merged: bool) -> list[str]:
     """Files the pull would change whose local copy is not what the last pull wrote."""
-    argv = pull_argv(remote, run_id, dest, checkpoints, progress=False)
+    argv = pull_argv(remote, run_id, dest, checkpoints, progress=False, merged=merged)
     argv[1:1] = ["--dry-run", "--itemize-changes"]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode not in (0, 23, 24):

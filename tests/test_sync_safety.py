@@ -13,7 +13,8 @@ def test_push_summary_names_large_ignored_paths(ssh_project):
     (task / ".gitignore").write_text("raw/\n")
     result = run_gpurun(ssh_project, "push", "tasks/hr", "--host", "a100")
     assert result.returncode == 0, result.stderr
-    assert "5 files" in result.stdout and "largest: data/train.jsonl" in result.stdout, result.stdout
+    sent = [p for p in task.rglob("*") if p.is_file() and "raw" not in p.parts]
+    assert f"{len(sent)} files" in result.stdout and "largest: data/train.jsonl" in result.stdout, result.stdout
     assert "not sent (ignore rules): raw/dump.bin (3.0 MB)" in result.stdout
 
 

@@ -1,4 +1,4 @@
-"""python -m trainer {run,validate,wrap,...} RUN_DIR — the host side of gpurun.
+"""python -m trainer {run,validate,merge,start,wrap,state,follow,stop} ... — the host side of gpurun.
 
 Only the `run` and `validate` commands import the training stack; the rest are stdlib-only,
 so the launcher can ask a host for a run's state even where torch is not installed.
@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.train import run
 
         return run(rest[0])
+    if command == "merge":
+        from trainer.merge import merge
+
+        return merge(rest[0])
     if command == "validate":
         from trainer.validate import main as validate
 

@@ -1,0 +1,35 @@
+"""`python -m trainer merge RUN_DIR`: fold a run's LoRA adapter into its base model -> output/merged/.
+
+The base model is loaded unquantized (a merge into 4-bit weights would lose the adapter's precision).
+"""
+
+import json
+from pathlib import Path
+
+from trainer.config import config_from_dict
+from trainer.model import resolve_base_model, torch_dtype
+from trainer.tiny import default_cache_dir
+
+MERGED_DIR = "merged"
+
+
+def merge(run_dir: Path) -> int:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir).resolve()
+    output = run_dir / "output"
+    if not (output / "adapter_config.json").is_file():
+        print(f"error: no adapter in {output}: the run has not finished, or trained without LoRA", flush=True)
+        return 1
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    config = config_from_dict(record["config"])
+    base = resolve_base_model(config, default_cache_dir(fallback=run_dir.parent.parent / "cache" / "models"))
+    print(f"merging {output} into {config.base_model} ({base})", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(config))
+    merged = PeftModel.from_pretrained(model, str(output)).merge_and_unload()
+    target = output / MERGED_DIR
+    merged.save_pretrained(str(target))
+    AutoTokenizer.from_pretrained(str(output)).save_pretrained(str(target))
+    print(f"merged model written to {target}", flush=True)
+    return 0
