@@ -20,7 +20,7 @@ def check_task(task_dir: Path, overrides: tuple[str, ...] = (), experiment: str 
     notices: list[str] = []
     try:
         config = load_task(task_dir, overrides=overrides, experiment=experiment, notices=notices)
-        splits = load_task_data(task_dir, config)
+        splits = load_task_data(task_dir, config, load_hub=False)  # datasets is the trainer's, not ours
     except TaskError as exc:
         raise task_error(exc, task_dir) from None
     except OSError as exc:

@@ -117,7 +117,7 @@ class Dashboard:
 
 def runs_table(rows: list[dict]) -> Table:
     table = Table(title=None, show_lines=False)
-    for column in ("run", "task", "host", "state", "step", "loss", "eval loss", "started"):
+    for column in ("run", "task", "host", "state", "step", "loss", "eval loss", "accuracy", "started"):
         table.add_column(column, no_wrap=column in ("run", "started"))
     for row in rows:
         state = row.get("state") or "?"
@@ -131,6 +131,7 @@ def runs_table(rows: list[dict]) -> Table:
             step,
             fmt_num(row.get("loss")),
             fmt_num(row.get("eval_loss")),
+            fmt_num(row.get("accuracy"), 3),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
         )
     return table

@@ -19,7 +19,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, task TEXT NOT NULL, task_dir TEXT NOT NULL, host TEXT NOT NULL,
     trainer_root TEXT NOT NULL, started_at REAL NOT NULL, state TEXT, exit_code INTEGER,
-    step INTEGER, total_steps INTEGER, loss REAL, eval_loss REAL, updated_at REAL, parent TEXT
+    step INTEGER, total_steps INTEGER, loss REAL, eval_loss REAL, updated_at REAL, parent TEXT, accuracy REAL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -42,6 +42,7 @@ class RunRecord:
     eval_loss: float | None = None
     updated_at: float | None = None
     parent: str | None = None  # the run this one resumed
+    accuracy: float | None = None  # the eval suite's, after training
 
 
 def new_run_id(task: str, now: float | None = None) -> str:
@@ -72,8 +73,8 @@ class History:
 
     def update_state(self, run_id: str, state: dict) -> None:
         self.db.execute(
-            "UPDATE runs SET state=?, exit_code=?, step=?, total_steps=?, loss=?, eval_loss=?, updated_at=? "
-            "WHERE run_id=?",
+            "UPDATE runs SET state=?, exit_code=?, step=?, total_steps=?, loss=?, eval_loss=?, accuracy=?, "
+            "updated_at=? WHERE run_id=?",
             (
                 state.get("state"),
                 state.get("exit_code"),
@@ -81,6 +82,7 @@ class History:
                 state.get("total_steps"),
                 _num(state.get("loss")),
                 _num(state.get("eval_loss")),
+                _num(state.get("accuracy")),
                 time.time(),
                 run_id,
             ),

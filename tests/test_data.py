@@ -75,3 +75,22 @@ def test_eval_split_holds_out_rows(tmp_path):
     task_dir, config = task_with(tmp_path, [CHAT] * 10, eval_split=0.2)
     splits = load_task_data(task_dir, config)
     assert (len(splits["train"]), len(splits["eval"])) == (8, 2)
+
+
+def test_hub_datasets_load_through_datasets_on_a_local_path(tmp_path):
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text((json.dumps(CHAT) + "\n") * 3)
+    config = config_from_dict(
+        {"base_model": "builtin:tiny", "data": {"train": [f"hub:{folder}:train"], "shuffle": False}}
+    )
+    splits = load_task_data(tmp_path, config)
+    assert len(splits["train"]) == 3 and splits["train"][0]["messages"] == CHAT["messages"]
+    assert splits["train"][0]["_where"] == f"hub:{folder}:train:1"
+
+
+def test_a_hub_dataset_that_does_not_load_is_a_problem_not_a_crash(tmp_path):
+    config = config_from_dict({"base_model": "builtin:tiny", "data": {"train": [f"hub:{tmp_path}/missing"]}})
+    with pytest.raises(TaskError) as info:
+        load_task_data(tmp_path, config)
+    assert str(info.value.problems[0]).startswith(f"hub:{tmp_path}/missing: could not load")

@@ -145,13 +145,19 @@ def _check_messages(messages: object, name: str) -> str | None:
     return None
 
 
-def load_split(task_dir: Path, files: list[str], config: TaskConfig, problems: list[Problem]) -> list[dict]:
-    """Read, check and normalise the rows of one split; record every problem in `problems`."""
+def load_split(
+    task_dir: Path, files: list[str], config: TaskConfig, problems: list[Problem], load_hub: bool = True
+) -> list[dict]:
+    """Read, check and normalise the rows of one split; record every problem in `problems`.
+
+    `load_hub=False` (the launcher's light check) leaves `hub:` datasets to the token checks and the host.
+    """
     rows: list[dict] = []
     seen_formats: dict[str, str] = {}
     for name in files:
         if name.startswith("hub:"):
-            rows.extend(_load_hub(name[4:], config, problems))
+            if load_hub:
+                rows.extend(_load_hub(name[4:], config, problems))
             continue
         path = task_dir / name
         shown = _shown(task_dir, name)
@@ -245,10 +251,8 @@ def normalise(row: dict, fmt: str, config: TaskConfig) -> dict:
 def _load_hub(spec: str, config: TaskConfig, problems: list[Problem]) -> list[dict]:
     """`hub:owner/name[:split]` through datasets.load_dataset (also accepts a local dataset folder)."""
     name, _, split = spec.partition(":")
-    try:
-        import datasets
-    except ImportError:  # the laptop without [train]: the host checks it
-        return []
+    import datasets
+
     try:
         ds = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:  # noqa: BLE001 - any loader failure is the user's to fix
@@ -265,10 +269,10 @@ def _load_hub(spec: str, config: TaskConfig, problems: list[Problem]) -> list[di
     return out
 
 
-def load_task_data(task_dir: Path, config: TaskConfig) -> dict[str, list[dict]]:
+def load_task_data(task_dir: Path, config: TaskConfig, load_hub: bool = True) -> dict[str, list[dict]]:
     """All splits, checked; raises TaskError listing every bad row (capped) with the total count."""
     problems: list[Problem] = []
-    splits = {split: load_split(task_dir, getattr(config.data, split), config, problems) for split in SPLITS}
+    splits = {split: load_split(task_dir, getattr(config.data, split), config, problems, load_hub) for split in SPLITS}
     splits["eval_suite"] = load_eval_suite(task_dir, config, problems)
     if problems:
         total = len(problems)

@@ -231,6 +231,9 @@ def _progress(path: Path) -> dict:
             progress["loss"] = event["loss"]
         if "eval_loss" in event:
             progress["eval_loss"] = event["eval_loss"]
+        if event.get("kind") == "eval_suite":
+            progress["accuracy"] = event.get("accuracy")
+            progress["baseline_accuracy"] = event.get("baseline_accuracy")
     return progress
 
 
