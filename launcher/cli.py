@@ -76,16 +76,19 @@ def push(task, host):
     Example:
       gpurun push tasks/hr --host a100
     """
+    from launcher.checks import check_task
     from launcher.hosts import resolve_host
     from launcher.launch import push as do_push
     from launcher.launch import resolve_task_dir
     from launcher.render import push_plan_text
     from launcher.runs import History
-    from launcher.sync import plan_push
+    from launcher.sync import plan_push, task_name_of
 
     root = _root()
     task_dir = resolve_task_dir(root, task, History(root))
     target = resolve_host(root, host)
+    task_name_of(task_dir)
+    check_task(task_dir)  # nothing is pushed for an invalid task
     console = _console()
     console.print(push_plan_text(task_dir, plan_push(task_dir)))
     with _progress(console, f"push {task_dir.name} → {target.name}") as on_progress:

@@ -52,9 +52,7 @@ def remember_task(root: Path, task_dir: Path, history: History) -> None:
 
 
 def push(root: Path, task_dir: Path, host: Host, on_progress=None) -> str:
-    """Check the task's config (cheap), then mirror it to the host."""
-    task_name_of(task_dir)
-    check_task(task_dir)  # nothing is pushed for an invalid task
+    """Mirror a task (checked by the caller: nothing is pushed for an invalid one) to the host."""
     remote = remote_for(host)
     dest = push_task(remote, task_dir, on_progress)
     remember_task(root, task_dir, History(root))

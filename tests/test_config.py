@@ -68,3 +68,22 @@ def test_every_shipped_task_validates(task_yaml):
 
     checked = check_task(task_yaml.parent)
     assert checked.counts["train"] >= 300 * 0.8
+
+
+def test_seed_000_orpo_config_is_understood():
+    notices: list[str] = []
+    config = config_from_dict({**BASE, "method": "orpo", "orpo": {"beta": 0.2}}, notices=notices)
+    assert config.task == "orpo" and config.preference.beta == 0.2 and len(notices) == 2
+
+
+def test_seed_000_qlora_block_and_top_level_load_in_4bit():
+    raw = {**BASE, "load_in_4bit": True, "quantization": {"bnb_4bit_quant_type": "nf4"}}
+    config = config_from_dict(raw, notices=[])
+    assert config.quantization.load_in_4bit and config.quantization.bnb_4bit_quant_type == "nf4"
+
+
+@pytest.mark.parametrize("experiment", sorted(REPO.glob("tasks/*/experiments/*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_experiment_validates(experiment):
+    from launcher.checks import check_task
+
+    check_task(experiment.parent.parent, experiment=experiment.stem)

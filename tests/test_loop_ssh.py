@@ -77,6 +77,7 @@ def test_push_after_a_finished_run_leaves_its_outputs_on_the_host(ssh_project, h
     (task / "data" / "test.jsonl").unlink()
     config = yaml.safe_load((task / "task.yaml").read_text())
     config["data"]["test"] = []
+    config["eval_suite"] = None
     (task / "task.yaml").write_text(yaml.safe_dump(config))
     assert run_gpurun(ssh_project, "push", "tasks/hr", "--host", "a100").returncode == 0
 
