@@ -53,6 +53,12 @@ def long_prompt_row(task: Path) -> None:
         fh.write(chat_row(("user", "please " * 400), ("assistant", '{"name": "get_manager"}')) + "\n")
 
 
+def padding_free_with_a_long_row(task: Path) -> None:
+    with (task / "data" / "train.jsonl").open("a") as fh:
+        fh.write(chat_row(("user", "hi"), ("assistant", "ok " * 400)) + "\n")
+    edit_config(training__padding_free=True)(task)
+
+
 CASES = [
     ("unknown top-level key", edit_config(bse_model="builtin:tiny"), "bse_model: unknown key"),
     ("unknown training key", edit_config(training__lerning_rate=1e-4), "training.lerning_rate: unknown key"),
@@ -113,6 +119,7 @@ CASES = [
         "data/test.jsonl:2: missing `expected_function`",
     ),
     ("answer cut off by max_length", long_prompt_row, "every trained token lies beyond max_length 300"),
+    ("padding-free cannot truncate", padding_free_with_a_long_row, "training.padding_free: 1 example(s) exceed"),
 ]
 
 

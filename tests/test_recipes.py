@@ -196,3 +196,7 @@ def test_eval_suite_reports_accuracy_before_and_after(tmp_path):
     )
     (event,) = [e for e in events_of(run_dir) if e["kind"] == "eval_suite"]
     assert event["total"] == 3 and 0 <= event["accuracy"] <= 1 and event["baseline_accuracy"] is not None
+
+
+def test_padding_free(tmp_path):
+    assert_trained(train_recipe(tmp_path, {"train.jsonl": CHAT}, training={"padding_free": True}))

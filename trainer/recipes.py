@@ -82,9 +82,12 @@ def sft(config, model, tokenizer, splits, args, has_eval, callbacks):
     train = Dataset.from_list(strip_where(splits["train"]))
     chat = "messages" in train.column_names
     t = config.training
+    # TRL does not truncate padding-free batches without packing; the token checks have already
+    # refused any example longer than max_length in that case.
+    unpacked_padding_free = t.padding_free and not t.packing
     sft_args = SFTConfig(
         **args,
-        max_length=t.max_length,
+        max_length=None if unpacked_padding_free else t.max_length,
         packing=t.packing,
         padding_free=t.padding_free,
         assistant_only_loss=chat,  # prompt/completion rows get completion-only loss by TRL's default

@@ -109,6 +109,16 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0)
             report.eot_trained = True
         if len(report.previews) < show:
             report.previews.append(_pieces(tokenizer, kept_ids, kept_mask))
+    t = config.training
+    if t.padding_free and not t.packing and report.truncated:
+        report.problems.append(
+            Problem(
+                "training.padding_free",
+                f"{report.truncated} example(s) exceed max_length {max_length}, and padding-free batches "
+                "without packing are not truncated",
+                "set training.packing: true, raise max_length, or shorten those examples",
+            )
+        )
     if eot is not None and rows and not report.eot_trained:
         report.problems.append(
             Problem(
