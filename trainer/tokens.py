@@ -6,9 +6,12 @@ for plain text. A row with no trained token, or a data set in which the end-of-t
 never trained (a model that never learns to stop), stops the run here with `file:line`.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from trainer.config import Problem, TaskConfig
+
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 @dataclass
@@ -36,12 +39,15 @@ def training_chat_template(tokenizer) -> str | None:
 
     Raises ValueError, with what to do, when the tokenizer has neither markers nor a TRL training template.
     """
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
     if not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template: use prompt/response or text data, or add a template")
-    if has_generation_markers(tokenizer.chat_template):
-        return None
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default", "")
+    if GENERATION_MARKER.search(template):
+        return None  # (TRL's own check, without importing TRL: a second off `gpurun train`)
+    from trl.chat_template_utils import get_training_chat_template
+
     try:
         return get_training_chat_template(tokenizer)
     except Exception as exc:  # noqa: BLE001 - TRL raises ValueError/NotImplementedError by version
