@@ -94,3 +94,8 @@ def test_a_hub_dataset_that_does_not_load_is_a_problem_not_a_crash(tmp_path):
     with pytest.raises(TaskError) as info:
         load_task_data(tmp_path, config)
     assert str(info.value.problems[0]).startswith(f"hub:{tmp_path}/missing: could not load")
+
+
+def test_a_flood_of_bad_rows_is_capped_with_the_total(tmp_path):
+    found = problems(tmp_path, ["{"] * 30)
+    assert len(found) == 21 and found[-1] == "... and 10 more problems (30 in all)"

@@ -20,6 +20,16 @@ def test_local_host_runs_the_whole_loop(local_project):
     state = json.loads((run_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 6
 
+    # Fold the adapter into the base model on the host, bring it home, load it as a plain model.
+    merge = run_gpurun(local_project, "merge")
+    assert merge.returncode == 0 and "merged model written" in merge.stdout, merge.stdout + merge.stderr
+    assert not (run_dir / "merged").exists(), "the merged model only comes with --merged"
+    assert run_gpurun(local_project, "pull", "--merged").returncode == 0
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "merged")
+    assert not hasattr(merged, "peft_config") and merged.config.model_type == "qwen2"
+
 
 def test_logs_without_follow_prints_the_log_and_pull_refuses_a_running_job(local_project):
     train = run_gpurun(local_project, "train", "tasks/demo", "--set", "training.max_steps=400")
