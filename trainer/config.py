@@ -553,15 +553,3 @@ def _check_semantics(config: TaskConfig, where, problems: list[Problem]) -> None
             problems.append(Problem(where("lora.r"), "must be > 0", "typical: 8, 16, 32"))
         if not 0 <= config.lora.dropout < 1:
             problems.append(Problem(where("lora.dropout"), "must be in [0, 1)", "typical: 0.05"))
-
-
-def data_files(config: TaskConfig) -> list[tuple[str, str]]:
-    """(split, path) for every local data file the task names (hub datasets excluded)."""
-    out = []
-    for split in ("train", "eval", "test"):
-        for item in getattr(config.data, split):
-            if not item.startswith("hub:"):
-                out.append((split, item))
-    if config.eval_suite and config.eval_suite.file:
-        out.append(("eval_suite", config.eval_suite.file))
-    return out

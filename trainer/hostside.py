@@ -129,12 +129,7 @@ def cmd_wrap(args: list[str]) -> int:
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        while True:
-            try:
-                code = child.wait()
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-                continue
+        code = child.wait()  # retried across our signal handler by Python (PEP 475)
     exit_code = code if code >= 0 else 128 - code  # killed by signal N -> 128+N, as shells report it
     _write_atomic(run_dir / EXIT_FILE, f"{exit_code}\n")
     return 0
