@@ -57,6 +57,18 @@ def _root() -> Path:
     return find_root()
 
 
+def _run_and_remote(run: str | None):
+    """(project root, history, the named or latest run, its host's Remote): what every run command starts with."""
+    from launcher.hosts import resolve_host
+    from launcher.remote import remote_for
+    from launcher.runs import History
+
+    root = _root()
+    history = History(root)
+    record = history.get(run)
+    return root, history, record, remote_for(resolve_host(root, record.host))
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -156,15 +168,9 @@ def logs(run, follow, tail):
       gpurun logs -f
     """
     from launcher.follow import follow as do_follow
-    from launcher.hosts import resolve_host
-    from launcher.remote import remote_for
     from launcher.render import Dashboard
-    from launcher.runs import History
 
-    root = _root()
-    history = History(root)
-    record = history.get(run)
-    remote = remote_for(resolve_host(root, record.host))
+    root, history, record, remote = _run_and_remote(run)
     console = _console()
     dashboard = Dashboard(console, record.run_id, quiet_log=False)
     lines: list[str] = []
@@ -228,21 +234,15 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
     """
     import time
 
-    from launcher.hosts import resolve_host
-    from launcher.remote import remote_for
-    from launcher.runs import History, fetch_states
+    from launcher.runs import refresh_state
     from launcher.sync import pull_run
 
-    root = _root()
-    history = History(root)
-    record = history.get(run)
-    remote = remote_for(resolve_host(root, record.host))
+    root, history, record, remote = _run_and_remote(run)
     dest = Path(record.task_dir) / "runs" / record.run_id
     console = _console()
 
     def state_now() -> dict:
-        state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
-        history.update_state(record.run_id, state)
+        state = refresh_state(history, remote, record)
         if state.get("state") == "not_found":
             raise GpurunError(f"run {record.run_id} is not on {record.host}", "list runs with: gpurun runs")
         return state
@@ -301,17 +301,11 @@ def status(run):
     Example:
       gpurun status hr-20260101-120000-ab12
     """
-    from launcher.hosts import resolve_host
-    from launcher.remote import remote_for
     from launcher.render import runs_table
-    from launcher.runs import History, fetch_states
+    from launcher.runs import refresh_state
 
-    root = _root()
-    history = History(root)
-    record = history.get(run)
-    remote = remote_for(resolve_host(root, record.host))
-    state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
-    history.update_state(record.run_id, state)
+    root, history, record, remote = _run_and_remote(run)
+    refresh_state(history, remote, record)
     row = {**history.get(record.run_id).__dict__}
     _console().print(runs_table([row]))
 
@@ -364,14 +358,7 @@ def stop(run, grace):
     """
     import json
 
-    from launcher.hosts import resolve_host
-    from launcher.remote import remote_for
-    from launcher.runs import History
-
-    root = _root()
-    history = History(root)
-    record = history.get(run)
-    remote = remote_for(resolve_host(root, record.host))
+    root, history, record, remote = _run_and_remote(run)
     argv = remote.python_argv(record.trainer_root, "stop", remote.path("runs", record.run_id), str(grace))
     state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
     history.update_state(record.run_id, state)
@@ -389,14 +376,9 @@ def merge(run):
     Example:
       gpurun merge hr-20260101-120000-ab12
     """
-    from launcher.hosts import resolve_host
-    from launcher.remote import remote_for
-    from launcher.runs import History
     from launcher.sync import push_trainer
 
-    root = _root()
-    record = History(root).get(run)
-    remote = remote_for(resolve_host(root, record.host))
+    root, _, record, remote = _run_and_remote(run)
     console = _console()
     with console.status(f"merging {record.run_id} on {record.host}…"):
         trainer_root = push_trainer(remote)  # this launcher's trainer: the run's own may predate merge

@@ -142,3 +142,10 @@ def fetch_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[
             continue
         states[item["run_id"]] = item
     return states
+
+
+def refresh_state(history: History, remote: Remote, record: RunRecord) -> dict:
+    """Ask the host (the truth) for one run's state and cache it in the history."""
+    state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
+    history.update_state(record.run_id, state)
+    return state

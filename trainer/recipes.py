@@ -13,6 +13,30 @@ from trainer.config import TaskConfig
 from trainer.data import strip_where
 from trainer.model import lora_spec
 
+# training: keys that TrainingArguments takes under the same name, as they are.
+SAME_NAMED = (
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "optim",
+    "gradient_checkpointing",
+    "bf16",
+    "fp16",
+    "logging_steps",
+    "eval_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "seed",
+)
+
 
 def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments shared by every recipe."""
@@ -26,33 +50,14 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
         scheduler_kwargs.setdefault("num_decay_steps", max(1, t.max_steps // 10))
     load_best = (t.load_best_model_at_end or config.early_stopping is not None) and has_eval
     return dict(
+        **{name: getattr(t, name) for name in SAME_NAMED},
         output_dir=str(output_dir),
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
         lr_scheduler_kwargs=scheduler_kwargs,
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        gradient_checkpointing=t.gradient_checkpointing,
-        bf16=t.bf16,
-        fp16=t.fp16,
-        logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy=t.eval_strategy if has_eval else "no",
-        eval_steps=t.eval_steps,
-        save_strategy=t.save_strategy,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
         load_best_model_at_end=load_best,
         metric_for_best_model=t.metric_for_best_model if load_best else None,
         greater_is_better=None,
-        seed=t.seed,
         report_to=["tensorboard"],
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,  # train.log is read by people and by `logs -f`; progress bars are noise there
