@@ -127,24 +127,18 @@ def preference(config, model, tokenizer, splits, args, has_eval, callbacks):
     evaluation = Dataset.from_list(_preference_rows(splits["eval"])) if has_eval else None
     p = config.preference
     if config.task == "orpo":
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        from trl.experimental.orpo import ORPOConfig as Config
+        from trl.experimental.orpo import ORPOTrainer as Trainer
 
-        orpo_args = ORPOConfig(**args, beta=p.beta, max_length=config.training.max_length)
-        return ORPOTrainer(
-            model=model,
-            args=orpo_args,
-            train_dataset=train,
-            eval_dataset=evaluation,
-            processing_class=tokenizer,
-            peft_config=lora_spec(config),
-            callbacks=callbacks,
-        )
-    from trl import DPOConfig, DPOTrainer
+        extra = {}
+    else:
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as Trainer
 
-    dpo_args = DPOConfig(**args, beta=p.beta, loss_type=[p.loss_type], max_length=config.training.max_length)
-    return DPOTrainer(
+        extra = {"loss_type": [p.loss_type]}
+    return Trainer(
         model=model,
-        args=dpo_args,
+        args=Config(**args, beta=p.beta, max_length=config.training.max_length, **extra),
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
