@@ -4,6 +4,7 @@ History is sqlite from the standard library, in WAL mode with a busy timeout, so
 (a `logs -f` and a `train`) can use it at once.
 """
 
+import fcntl
 import json
 import secrets
 import sqlite3
@@ -54,9 +55,15 @@ class History:
     def __init__(self, root: Path):
         self.path = state_dir(root) / "history.sqlite"
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
-        self._add_missing_columns()
+        # Switching a new database to WAL and creating its tables can fail at once with "database is
+        # locked" when two gpuruns start together (sqlite's busy handler does not cover it), so the
+        # setup runs under a lock file; everything after it is covered by the busy timeout.
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+            self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
         """A history written by an older gpurun gains the newer columns (empty) instead of failing."""
