@@ -430,6 +430,52 @@ def validate(task, overrides, experiment, show):
         console.print(token_report_text(report))
 
 
+@main.command()
+@click.option("--host", help="Host to set up (default: hosts.yaml's default).")
+@click.option(
+    "--torch", "torch_spec", metavar="SPEC", help="The torch requirement, e.g. torch==2.5.1 (default: gpurun's)."
+)
+@click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG", help="Pass ARG to pip install (repeatable).")
+@click.option("--force", is_flag=True, help="Install again even if the host already has the training stack.")
+@click.option("-v", "--verbose", is_flag=True, help="Show pip's output as it goes.")
+def setup(host, torch_spec, pip_args, force, verbose):
+    """Give a host the training stack: a venv in its workdir, used by every run there.
+
+    Needs only Python 3.10+ (with venv) and rsync on the host. Does nothing if the host's
+    `python` already has the stack; runs again pick up where a cut-short setup stopped.
+
+    \b
+    Example:
+      gpurun setup --host a100
+      gpurun setup --host a100 --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cu124
+    """
+    from launcher.hosts import resolve_host
+    from launcher.hostsetup import setup_host
+    from launcher.remote import remote_for
+
+    target = resolve_host(_root(), host)
+    console = _console()
+    lines: list[str] = []
+    with console.status(f"setting up {target.name}…") as status:
+
+        def on_log(line: str) -> None:
+            lines.append(line)
+            if verbose:
+                console.print(line, markup=False)
+            elif line.strip():
+                status.update(f"setting up {target.name}: {line.strip()[:100]}")
+
+        try:
+            report = setup_host(remote_for(target), torch_spec, pip_args, force, on_log)
+        except Exception:
+            if not verbose and lines:  # what pip said last is usually why
+                console.print("\n".join(lines[-15:]), markup=False)
+            raise
+    from launcher.render import setup_report_text
+
+    console.print(setup_report_text(target.name, report))
+
+
 def _progress(console, label: str):
     """A context manager yielding an on_progress(percent, bytes) callback that drives a rich bar."""
     from contextlib import contextmanager

@@ -142,7 +142,9 @@ def start_on_host(remote: Remote, trainer_root: str, run_id: str, payload: dict)
             " / ".join(tail) or f"check `python:` of host {remote.host.name} in hosts.yaml",
         )
     if "error" in reply:
-        raise GpurunError(f"on {remote.host.name}: {reply['error']}", reply.get("hint", ""))
+        # The host does not know its own name in hosts.yaml; its hints say HOST where it belongs.
+        hint = reply.get("hint", "").replace("--host HOST", f"--host {remote.host.name}")
+        raise GpurunError(f"on {remote.host.name}: {reply['error']}", hint)
     return reply
 
 

@@ -173,3 +173,17 @@ def token_report_text(report: dict) -> Text:
             text.append(piece, style="bold black on green" if trained else "dim")
     text.rstrip()
     return text
+
+
+def setup_report_text(host: str, report: dict) -> Text:
+    """What `gpurun setup` found or made: the Python runs will use, the stack's versions, CUDA."""
+    verb = "already has" if report.get("already") else "now has"
+    text = Text(f"{host} {verb} the training stack: runs use {report['python']} (Python {report['python_version']})")
+    packages = report.get("packages") or {}
+    text.append("\n  " + ", ".join(f"{name} {version or '–'}" for name, version in packages.items()))
+    gpus = report.get("gpus") or []
+    if report.get("cuda"):
+        text.append(f"\n  CUDA: {len(gpus)} GPU(s): " + ", ".join(gpus), style="green")
+    else:
+        text.append("\n  CUDA: not available: runs there train on the CPU", style="yellow")
+    return text

@@ -1,10 +1,15 @@
-"""python -m trainer {run,validate,merge,start,wrap,state,follow,stop} ... — the host side of gpurun.
+"""python -m trainer {run,validate,merge,setup,start,wrap,state,follow,stop} ... — the host side of gpurun.
 
-Only the `run` and `validate` commands import the training stack; the rest are stdlib-only,
-so the launcher can ask a host for a run's state even where torch is not installed.
+Only `run`, `validate` and `merge` import the training stack; the rest are stdlib-only, so the
+launcher can ask a host for a run's state even where torch is not installed. When the host's
+`python` lacks the stack, those three re-run themselves in the venv `gpurun setup` made.
 """
 
+import os
 import sys
+
+NEEDS_STACK = ("run", "validate", "merge")
+REEXEC_ENV = "GPURUN_REEXEC"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +18,22 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     command, rest = argv[0], argv[1:]
+    if command in NEEDS_STACK:
+        from trainer.interpreter import no_stack_message, training_python
+
+        python = training_python()
+        if python is None:
+            message, hint = no_stack_message()
+            print(f"error: {message}\nhint: {hint}", file=sys.stderr)
+            return 1
+        if python != sys.executable and not os.environ.get(REEXEC_ENV):
+            # PYTHONPATH (this trainer copy) is inherited; the guard makes a second hop impossible.
+            os.environ[REEXEC_ENV] = "1"
+            os.execv(python, [python, "-m", "trainer", *argv])
+    if command == "setup":
+        from trainer.hostsetup import main as setup
+
+        return setup(rest)
     if command == "run":
         from trainer.train import run
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from trainer.gpus import GpuError, claim_gpus
+from trainer.interpreter import no_stack_message, training_python
 
 RUN_FILE = "run.json"
 PID_FILE = "pid"
@@ -46,17 +47,12 @@ def main(argv: list[str]) -> int:
 # ---------------------------------------------------------------- start / wrap
 
 
-TRAINING_STACK = ("torch", "transformers", "peft", "trl", "datasets", "accelerate")
-
-
 def cmd_start(args: list[str]) -> int:
-    import importlib.util
-
     run_dir = Path(args[0])
     payload = json.load(sys.stdin)
-    missing = [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
-    if missing:
-        _reply({"error": f"{sys.executable} lacks {', '.join(missing)}", "hint": "pip install 'gpurun[train]' there"})
+    if training_python() is None:
+        message, hint = no_stack_message()
+        _reply({"error": message, "hint": hint})
         return 1
     run = payload["run"]
     try:
@@ -111,8 +107,9 @@ def cmd_wrap(args: list[str]) -> int:
         json.dumps({"pgid": os.getpgid(me), "pid": me, "marker": process_marker(me), "boot_id": boot_id()}),
     )
     with open(run_dir / LOG_FILE, "ab") as log:
+        python = training_python() or sys.executable
         child = subprocess.Popen(
-            [sys.executable, "-m", "trainer", "run", str(run_dir)],
+            [python, "-m", "trainer", "run", str(run_dir)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -8,6 +8,7 @@ The host layout is <workdir>/runs/<run-id>/ beside <workdir>/tasks/<task>/.
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 from trainer.checkpoints import latest_complete_checkpoint
@@ -41,7 +42,7 @@ def run(run_dir: Path) -> int:
     events = EventWriter(run_dir / EVENTS_FILE)
     # Names only, never values: proof that the secrets arrived, safe to log.
     secrets = sorted(name for name in os.environ if name in SECRET_NAMES or name in record.get("secret_env", []))
-    events.emit("start", run_id=record["run_id"], task=record["task"], secrets=secrets)
+    events.emit("start", run_id=record["run_id"], task=record["task"], secrets=secrets, python=sys.executable)
 
     # 1. The task, checked again here: the host's files are what will actually be trained on.
     config = config_from_dict(record["config"])

@@ -1,0 +1,54 @@
+"""Which Python on this host can train. Standard library only.
+
+A host needs nothing but Python and rsync: when its `python` lacks the training stack, `gpurun setup`
+makes a venv beside the pushed trainer copies (`<workdir>/venv`) and marks it ready once it is
+verified. The trainer then runs in that venv: the host's `python` is only needed for the
+stdlib-only commands (start, state, follow, stop).
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+TRAINING_STACK = ("torch", "transformers", "peft", "trl", "datasets", "accelerate")
+VENV_DIR = "venv"
+READY_MARKER = ".gpurun-ready"  # written last by `setup`: a half-made venv is never used
+
+
+def missing_stack() -> list[str]:
+    """The training packages this interpreter cannot import (found without importing them)."""
+    return [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
+
+
+def host_workdir() -> Path | None:
+    """<workdir> when this trainer is a pushed copy (<workdir>/trainer/<version>/trainer/), else None."""
+    copy = Path(__file__).resolve().parent  # .../trainer/<version>/trainer
+    versions = copy.parent.parent
+    return versions.parent if versions.name == "trainer" else None
+
+
+def setup_venv() -> Path | None:
+    workdir = host_workdir()
+    return workdir / VENV_DIR if workdir else None
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def training_python() -> str | None:
+    """This interpreter if it has the stack; else the venv `gpurun setup` made, if it is ready; else None."""
+    if not missing_stack():
+        return sys.executable
+    venv = setup_venv()
+    if venv and (venv / READY_MARKER).exists() and venv_python(venv).exists():
+        return str(venv_python(venv))
+    return None
+
+
+def no_stack_message() -> tuple[str, str]:
+    return (
+        f"{sys.executable} lacks {', '.join(missing_stack())} and there is no venv made by gpurun setup",
+        "run `gpurun setup --host HOST` (it makes <workdir>/venv), or set `python:` in hosts.yaml "
+        "to a Python with the training stack",
+    )
