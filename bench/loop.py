@@ -2,9 +2,11 @@
 
     python bench/loop.py            (after `bash scripts/setup.sh`; uses .venv's gpurun if present)
 
-Baselines: one bare `ssh host true` round trip, and one bare rsync of the same task directory.
-Steps: push (cold, then unchanged), train-to-running, follow latency (event written on the host ->
-received by the laptop), pull. Nothing here asserts: read the numbers, set targets.
+Baselines: one bare `ssh host true` round trip on a new connection, and one bare rsync of the same
+task directory. Steps: push (cold, then unchanged), train-to-running, status, follow latency (event
+written on the host -> received by the laptop), pull; the repeatable ones both with a connection per
+command (GPURUN_SSH_MUX=0) and through gpurun's shared connection. Nothing here asserts: read the
+numbers, set targets.
 """
 
 import json
@@ -46,42 +48,51 @@ def main() -> None:
         project = write_project(base / "project", {"a100": entry}, default="a100", task_name="hr", steps=20)
         host = Host(name="a100", **{k: v for k, v in entry.items() if k not in ("env",)})
         remote = SSHRemote(host)
+        direct = {"GPURUN_SSH_MUX": "0"}
+        os.environ.update(direct)  # the baselines: a new connection each, as plain ssh and rsync do
         ssh_rtt = timed(lambda: remote.run(["true"]), repeat=5)
         rsync_argv = [
             "rsync", "-rt", "--mkpath", "-e", " ".join(remote.ssh_argv()),
             f"{project}/tasks/hr/", f"{host.ssh}:{base}/bare-rsync/",
         ]  # fmt: skip
         bare_rsync = timed(lambda: subprocess.run(rsync_argv, check=True, capture_output=True))
+        del os.environ["GPURUN_SSH_MUX"]
+        ssh_shared = timed(lambda: remote.run(["true"]), repeat=5)
 
-        def gpurun(*args):
-            result = run_gpurun(project, *args)
+        def gpurun(*args, env=None):
+            result = run_gpurun(project, *args, env=env)
             assert result.returncode == 0, result.stderr
             return result
 
         push_cold = timed(lambda: gpurun("push", "tasks/hr"))
-        push_warm = timed(lambda: gpurun("push", "tasks/hr"), repeat=3)
         train = timed(lambda: gpurun("train"))  # first train of this task: token checks run
         gpurun("logs", "-f")
-        train_again = timed(lambda: gpurun("train"))  # same task again: its checks are cached
-        job_start = time.perf_counter()
-        gpurun("logs", "-f")
-        job = time.perf_counter() - job_start
-        pull = timed(lambda: gpurun("pull"))
+        both = {}
+        for label, env in (("new connections", direct), ("shared connection", None)):
+            both[label] = {
+                "push, unchanged": timed(lambda env=env: gpurun("push", "tasks/hr", env=env), repeat=3),
+                "train -> running, again": timed(lambda env=env: gpurun("train", env=env)),  # checks cached
+                "status": timed(lambda env=env: gpurun("status", env=env), repeat=3),
+            }
+            job_start = time.perf_counter()
+            gpurun("logs", "-f", env=env)
+            both[label]["logs -f until a 20-step job ends"] = time.perf_counter() - job_start
+            both[label]["pull"] = timed(lambda env=env: gpurun("pull", env=env))
         latency = follow_latency(remote, base)
         rows = [
-            ("ssh round trip (baseline)", ssh_rtt, ssh_rtt),
+            ("ssh round trip, new connection (baseline)", ssh_rtt, ssh_rtt),
+            ("ssh round trip, shared connection", ssh_shared, ssh_rtt),
             ("bare rsync of the task (baseline)", bare_rsync, bare_rsync),
             ("gpurun push, cold", push_cold, bare_rsync),
-            ("gpurun push, unchanged", push_warm, bare_rsync),
             ("gpurun train -> running, first", train, ssh_rtt),
-            ("gpurun train -> running, again", train_again, ssh_rtt),
             ("follow latency (median of 20)", latency, ssh_rtt),
-            ("gpurun pull", pull, bare_rsync),
-            ("logs -f until a 20-step job ends", job, ssh_rtt),
         ]
-        print(f"{'step':40} {'seconds':>8} {'ratio':>7}  (ratio against the baseline on its line's kind)")
+        for label, steps in both.items():
+            for name, seconds in steps.items():
+                rows.append((f"gpurun {name} ({label})", seconds, bare_rsync if "pu" in name else ssh_rtt))
+        print(f"{'step':58} {'seconds':>8} {'ratio':>7}  (against the baseline of its kind: rsync for push/pull)")
         for name, seconds, baseline in rows:
-            print(f"{name:40} {seconds:8.3f} {seconds / baseline:7.2f}")
+            print(f"{name:58} {seconds:8.3f} {seconds / baseline:7.2f}")
     finally:
         server.stop()
 

@@ -9,15 +9,20 @@ Why the OpenSSH client rather than paramiko: rsync needs it anyway, it reads ~/.
 OpenSSH's own `StrictHostKeyChecking=yes`.
 """
 
+import fcntl
+import hashlib
 import os
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 
 from launcher.errors import GpurunError
 from launcher.hosts import Host
 
 SSH_CONNECT_TIMEOUT_S = 15
+MUX_PERSIST_S = 120  # an idle shared connection stays this long, for the next gpurun command
+MUX_OFF_ENV = "GPURUN_SSH_MUX"  # set to 0 to give every command its own connection
 
 
 class Remote:
@@ -96,6 +101,12 @@ class SSHRemote(Remote):
         self.workdir = workdir
 
     def ssh_argv(self) -> list[str]:
+        """The ssh command line every command and rsync use: through the shared connection when there is one."""
+        base = self._base_ssh_argv()
+        path = self._control_path(base)
+        return [*base, "-o", f"ControlPath={path}", "-o", "ControlMaster=no"] if path else base
+
+    def _base_ssh_argv(self) -> list[str]:
         h = self.host
         argv = [
             "ssh",
@@ -122,7 +133,65 @@ class SSHRemote(Remote):
     def _argv(self, argv: list[str]) -> list[str]:
         return [*self.ssh_argv(), self.target(), "--", shlex.join(argv)]
 
+    # One SSH connection shared by every command and rsync of this host (OpenSSH's ControlMaster):
+    # `train` makes three round trips and `pull` two or three, and on a distant host each new
+    # connection costs several network round trips of handshake. The master is started explicitly,
+    # detached and with no pipe of ours, so a captured command never waits for it; if it dies (a
+    # dropped link), ssh falls back to a direct connection and the next command starts a new one.
+
+    def _control_path(self, base: list[str]) -> str | None:
+        if os.environ.get(MUX_OFF_ENV) == "0":
+            return None
+        folder = Path(tempfile.gettempdir()) / f"gpurun-ssh-{os.getuid()}"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            info = folder.stat()
+        except OSError:
+            return None
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return None  # someone else's folder: never put our sockets there
+        # Keyed by the whole command line: hosts.yaml entries with other keys or known_hosts never share.
+        key = hashlib.sha256("\0".join([*base, self.target()]).encode()).hexdigest()[:20]
+        return str(folder / key)  # short: a unix socket path must fit in 108 bytes
+
+    def connect(self) -> GpurunError | None:
+        """Make sure the shared connection is up (a cheap check when it is); a no-op without multiplexing.
+
+        Returns, rather than raises, why the host cannot be reached: a follower retries instead.
+        """
+        base = self._base_ssh_argv()
+        path = self._control_path(base)
+        if path is None:
+            return None
+        mux = ["-o", f"ControlPath={path}"]
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two gpuruns at once start one master, not two
+            if Path(path).exists():
+                check = subprocess.run([*base, *mux, "-O", "check", self.target()], capture_output=True)
+                if check.returncode == 0:
+                    return None
+                Path(path).unlink(missing_ok=True)  # a master that died without cleaning up
+            with tempfile.TemporaryFile() as err:
+                master = [*base, *mux, "-o", "ControlMaster=yes", "-o", f"ControlPersist={MUX_PERSIST_S}"]
+                try:
+                    code = subprocess.run(
+                        [*master, "-N", "-f", self.target()],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    ).returncode
+                except FileNotFoundError:
+                    raise GpurunError(
+                        "ssh not found", "install OpenSSH's client (apt-get install openssh-client)"
+                    ) from None
+                err.seek(0)
+                stderr = err.read().decode(errors="replace")
+        return ssh_failure(self.host, stderr) if code == 255 else None
+
     def run(self, argv, input=None, check=True):
+        failure = self.connect()
+        if failure:
+            raise failure  # what the command itself would have hit, without waiting for it twice
         full = self._argv(argv)
         try:
             proc = subprocess.run(full, input=input, capture_output=True, text=True)
@@ -133,6 +202,7 @@ class SSHRemote(Remote):
         return self._check(argv, proc) if check else proc
 
     def stream(self, argv):
+        self.connect()  # on failure the stream's own ssh fails too, and its reader (follow) reconnects
         return subprocess.Popen(
             self._argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
         )
@@ -141,6 +211,9 @@ class SSHRemote(Remote):
         return f"{self.target()}:{path}"
 
     def rsh_argv(self):
+        failure = self.connect()
+        if failure:
+            raise failure
         return self.ssh_argv()
 
 
