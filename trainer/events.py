@@ -16,16 +16,34 @@ EVENTS_FILE = "events.jsonl"
 
 
 class EventWriter:
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    """Appends events to events.jsonl; `path=None` (a DDP worker other than rank 0) writes nothing."""
+
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path is not None else None
 
     def emit(self, kind: str, **fields) -> dict:
         record = {"t": round(time.time(), 3), "kind": kind, **{k: _jsonable(v) for k, v in fields.items()}}
+        if self.path is None:
+            return record
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
         return record
+
+
+def _any_process(flag: bool, device) -> bool:
+    """With several DDP processes, true if any got the signal: they must stop at the same step, or the
+    ones still training would wait forever in a collective for the ones that left."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    import torch
+
+    tensor = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
 
 
 def _jsonable(value):
@@ -60,8 +78,10 @@ def events_callback(writer: EventWriter):
             print(human_line(kind, state.global_step, state.max_steps, logs), flush=True)  # into train.log
 
         def on_save(self, args, state, control, **kwargs):
-            # Called once the checkpoint is fully written: only now is it safe to resume from.
-            mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            # Called once the checkpoint is fully written: only now is it safe to resume from. With
+            # several DDP processes rank 0 writes the model, so only its word counts.
+            if state.is_world_process_zero:
+                mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             writer.emit(
                 "save",
                 step=state.global_step,
@@ -77,8 +97,11 @@ def stop_callback(requested):
     from transformers import TrainerCallback
 
     class StopCallback(TrainerCallback):
+        stopped = False  # also true in a DDP process that stopped because another one got the signal
+
         def on_step_end(self, args, state, control, **kwargs):
-            if requested():
+            if _any_process(requested(), args.device):
+                self.stopped = True
                 control.should_save = True
                 control.should_training_stop = True
 

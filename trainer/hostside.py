@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trainer.gpus import GpuError, claim_gpus
 from trainer.interpreter import no_stack_message, training_python
+from trainer.workers import process_count, run_workers
 
 RUN_FILE = "run.json"
 PID_FILE = "pid"
@@ -106,28 +107,9 @@ def cmd_wrap(args: list[str]) -> int:
         run_dir / PID_FILE,
         json.dumps({"pgid": os.getpgid(me), "pid": me, "marker": process_marker(me), "boot_id": boot_id()}),
     )
-    with open(run_dir / LOG_FILE, "ab") as log:
-        python = training_python() or sys.executable
-        child = subprocess.Popen(
-            [python, "-m", "trainer", "run", str(run_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=run_dir,
-            pass_fds=lock_fds,  # if the wrapper is killed, the trainer still holds its GPUs
-        )
-
-        def forward(signum, _frame):  # let the trainer save and exit; we stay to record how it ended
-            try:
-                child.send_signal(signum)
-            except ProcessLookupError:
-                pass
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        code = child.wait()  # retried across our signal handler by Python (PEP 475)
-    exit_code = code if code >= 0 else 128 - code  # killed by signal N -> 128+N, as shells report it
+    python = training_python() or sys.executable
+    argv = [python, "-m", "trainer", "run", str(run_dir)]
+    exit_code = run_workers(argv, env, process_count(gpus), run_dir, LOG_FILE, lock_fds)
     _write_atomic(run_dir / EXIT_FILE, f"{exit_code}\n")
     return 0
 

@@ -1,5 +1,6 @@
 """The base model and tokenizer: hub id, local path or builtin; dtype, quantization, LoRA spec."""
 
+import os
 from pathlib import Path
 
 from trainer.config import TaskConfig
@@ -57,7 +58,9 @@ def load_model(config: TaskConfig, name_or_path: str, num_labels: int | None = N
     quant = quantization_config(config)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        # Each DDP process holds a whole (quantized) copy on its own GPU: LOCAL_RANK, set by the wrapper.
+        device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
+        kwargs["device_map"] = {"": device}
     if config.task == "classification":
         return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, **kwargs)
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)

@@ -62,6 +62,10 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,  # train.log is read by people and by `logs -f`; progress bars are noise there
         dataloader_num_workers=0,
+        # Several GPUs run one process each (DDP). LoRA leaves no trainable parameter unused, and the
+        # extra graph walk that looking for them costs is wasted; reentrant checkpointing breaks DDP.
+        ddp_find_unused_parameters=False,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
     )
 
 

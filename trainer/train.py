@@ -39,10 +39,14 @@ def run(run_dir: Path) -> int:
     workdir = run_dir.parent.parent
     stop = StopRequest()
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    events = EventWriter(run_dir / EVENTS_FILE)
+    # With several GPUs the wrapper starts one process per GPU (DDP); rank 0 speaks for the run.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    events = EventWriter(run_dir / EVENTS_FILE if rank == 0 else None)
     # Names only, never values: proof that the secrets arrived, safe to log.
     secrets = sorted(name for name in os.environ if name in SECRET_NAMES or name in record.get("secret_env", []))
-    events.emit("start", run_id=record["run_id"], task=record["task"], secrets=secrets, python=sys.executable)
+    events.emit(
+        "start", run_id=record["run_id"], task=record["task"], secrets=secrets, python=sys.executable, processes=world
+    )
 
     # 1. The task, checked again here: the host's files are what will actually be trained on.
     config = config_from_dict(record["config"])
@@ -88,14 +92,16 @@ def run(run_dir: Path) -> int:
     from trainer.recipes import build_trainer
 
     output_dir = run_dir / OUTPUT_DIR
-    callbacks = [events_callback(events), stop_callback(lambda: stop.requested)]
-    trainer = build_trainer(config, model, tokenizer, splits, output_dir, callbacks)
+    stopper = stop_callback(lambda: stop.requested)
+    trainer = build_trainer(config, model, tokenizer, splits, output_dir, [events_callback(events), stopper])
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if stop.requested:
+    if stop.requested or stopper.stopped:
         checkpoint = latest_complete_checkpoint(output_dir)
         events.emit("stopped", step=trainer.state.global_step, checkpoint=checkpoint.name if checkpoint else None)
         print(f"stopped at step {trainer.state.global_step}; checkpoint: {checkpoint}", flush=True)
         return EXIT_STOPPED
+    if rank != 0:
+        return 0  # the model is rank 0's to save and try out
 
     # 5. Save what `gpurun pull` brings home: adapter, tokenizer, state, resolved config.
     trainer.save_model(str(output_dir))
