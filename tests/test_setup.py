@@ -1,6 +1,7 @@
 """`gpurun setup`: a host whose Python lacks the training stack gets a venv, and its runs use it."""
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -31,7 +32,13 @@ def bare_project(tmp_path, sshd, model_cache, host_workdir) -> Path:
     return write_project(tmp_path / "project", hosts, default="a100", task_name="hr")
 
 
-def test_setup_makes_a_venv_that_runs_then_use(bare_project, host_workdir):
+@pytest.fixture
+def cleanup_venv(host_workdir):
+    yield
+    shutil.rmtree(host_workdir / "venv", ignore_errors=True)  # 1.7 GB: pytest keeps its tmp folders
+
+
+def test_setup_makes_a_venv_that_runs_then_use(bare_project, host_workdir, cleanup_venv):
     refused = run_gpurun(bare_project, "train", "tasks/hr")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert f"Error: on a100: {BARE_PYTHON} lacks torch" in refused.stderr
