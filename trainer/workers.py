@@ -72,19 +72,22 @@ def run_workers(argv: list[str], env: dict, count: int, run_dir: Path, main_log:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     # Blocking wait: woken by the first worker to exit, so the one that failed first (the cause) is
-    # told from the peers that fail a moment later because it left (a "connection reset").
+    # told from the peers that fail a moment later because it left (a "connection reset"). Those
+    # already gone when we wake are reaped together; a death by signal is taken as the cause.
     by_pid = {child.pid: rank for rank, child in enumerate(children)}
     first_failure, killer = None, None
     while any(child.returncode is None for child in children):
-        pid, status = os.wait()  # retried across our signal handler by Python (PEP 475)
-        if pid not in by_pid:
-            continue
-        rank = by_pid[pid]
-        children[rank].returncode = os.waitstatus_to_exitcode(status)
-        if children[rank].returncode != 0 and first_failure is None and not stopping:
-            first_failure = rank
+        ended = [os.wait()] + _already_ended()  # os.wait is retried across our signal handler (PEP 475)
+        failed = []
+        for pid, status in ended:
+            if pid in by_pid:
+                children[by_pid[pid]].returncode = os.waitstatus_to_exitcode(status)
+                if children[by_pid[pid]].returncode != 0:
+                    failed.append(by_pid[pid])
+        if failed and first_failure is None and not stopping:
+            first_failure = min(failed, key=lambda r: (children[r].returncode >= 0, failed.index(r)))
             if count > 1:
-                _note_failure(run_dir, main_log, rank, children[rank].returncode)
+                _note_failure(run_dir, main_log, first_failure, children[first_failure].returncode)
                 forward(signal.SIGTERM, None)  # the others would wait for it in a collective forever
                 killer = threading.Timer(PEER_GRACE_S, forward, (signal.SIGKILL, None))
                 killer.daemon = True
@@ -96,6 +99,19 @@ def run_workers(argv: list[str], env: dict, count: int, run_dir: Path, main_log:
     if first_failure is None:  # stopped: rank 0's code says how
         first_failure = next((r for r, c in enumerate(children) if c.returncode != 0), None)
     return _shell_code(children[first_failure].returncode) if first_failure is not None else 0
+
+
+def _already_ended() -> list[tuple[int, int]]:
+    """(pid, status) of every child that has ended by now, without waiting."""
+    ended = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left at all
+            return ended
+        if pid == 0:  # the rest are still running
+            return ended
+        ended.append((pid, status))
 
 
 def _note_failure(run_dir: Path, main_log: str, rank: int, code: int) -> None:
