@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from importlib import metadata
 
-from launcher.errors import GpurunError
+from launcher.errors import GpurunError, host_error
 from launcher.remote import Remote, ssh_failure
 from launcher.sync import push_trainer
 
@@ -101,5 +101,5 @@ def setup_host(
         tail = " / ".join(stderr.strip().splitlines()[-3:])
         raise GpurunError(f"setup on {remote.host.name} ended without a result (exit {code})", tail)
     if "error" in reply:
-        raise GpurunError(f"on {remote.host.name}: {reply['error']}", reply.get("hint", ""))
+        raise host_error(remote.host.name, reply)
     return reply["done"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from launcher import __version__
 from launcher.checks import CheckedTask, check_task, token_checks
-from launcher.errors import GpurunError
+from launcher.errors import GpurunError, host_error
 from launcher.hosts import Host, resolve_host
 from launcher.remote import Remote, launcher_env_secrets, remote_for
 from launcher.runs import History, RunRecord, new_run_id
@@ -142,9 +142,7 @@ def start_on_host(remote: Remote, trainer_root: str, run_id: str, payload: dict)
             " / ".join(tail) or f"check `python:` of host {remote.host.name} in hosts.yaml",
         )
     if "error" in reply:
-        # The host does not know its own name in hosts.yaml; its hints say HOST where it belongs.
-        hint = reply.get("hint", "").replace("--host HOST", f"--host {remote.host.name}")
-        raise GpurunError(f"on {remote.host.name}: {reply['error']}", hint)
+        raise host_error(remote.host.name, reply)
     return reply
 
 

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.interpreter import READY_MARKER, missing_stack, setup_venv, venv_python
+from trainer.hostside import _reply, _write_atomic
+from trainer.interpreter import READY_MARKER, missing_stack, ready_venv_python, setup_venv, venv_python
 
 # Run by the venv's Python: what the user needs to know about the stack, and whether CUDA works.
 PROBE = """
@@ -39,8 +40,8 @@ def main(args: list[str]) -> int:
     if not force:
         if not missing_stack():
             return _done(sys.executable, already=True)
-        if (venv / READY_MARKER).exists() and venv_python(venv).exists():
-            return _done(str(venv_python(venv)), already=True)
+        if ready := ready_venv_python():
+            return _done(ready, already=True)
     (venv / READY_MARKER).unlink(missing_ok=True)
     python = venv_python(venv)
     if not python.exists():
@@ -91,9 +92,7 @@ def _done(python: str, already: bool, mark: Path | None = None) -> int:
     report = json.loads(probe.stdout.strip().splitlines()[-1])
     report["already"] = already
     if mark is not None:
-        tmp = mark.with_name(mark.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(mark)  # last step: from now on, runs use this venv
+        _write_atomic(mark, json.dumps(report, indent=2))  # last step: from now on, runs use this venv
     _reply({"done": report})
     return 0
 
@@ -105,8 +104,3 @@ def _log(line: str) -> None:
 def _fail(message: str, hint: str = "") -> int:
     _reply({"error": message, "hint": hint})
     return 1
-
-
-def _reply(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()

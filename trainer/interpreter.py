@@ -36,14 +36,17 @@ def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def training_python() -> str | None:
-    """This interpreter if it has the stack; else the venv `gpurun setup` made, if it is ready; else None."""
-    if not missing_stack():
-        return sys.executable
+def ready_venv_python() -> str | None:
+    """The Python of the venv `gpurun setup` made, once it is marked ready."""
     venv = setup_venv()
     if venv and (venv / READY_MARKER).exists() and venv_python(venv).exists():
         return str(venv_python(venv))
     return None
+
+
+def training_python() -> str | None:
+    """This interpreter if it has the stack; else the venv `gpurun setup` made, if it is ready; else None."""
+    return sys.executable if not missing_stack() else ready_venv_python()
 
 
 def no_stack_message() -> tuple[str, str]:
