@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher.errors import GpurunError
 from launcher.hosts import Host
+from trainer.pushed import trainer_argv
 
 SSH_CONNECT_TIMEOUT_S = 15
 MUX_PERSIST_S = 120  # an idle shared connection stays this long, for the next gpurun command
@@ -46,10 +47,11 @@ class Remote:
         raise NotImplementedError
 
     def python_argv(self, trainer_root: str, *args: str) -> list[str]:
-        """`python -m trainer ARGS` on the host, running the trainer copy under `trainer_root`."""
+        """`python -m trainer ARGS` on the host, running the trainer copy under `trainer_root` whatever else
+        is on the host's sys.path (see trainer/pushed.py); a relative root is taken from the login's home."""
         # The host's `env:` applies to these commands too (a PATH with its nvidia-smi, say); secrets never do.
         assignments = [f"{k}={v}" for k, v in self.host.env.items()]
-        return ["env", f"PYTHONPATH={trainer_root}", *assignments, self.host.python, "-m", "trainer", *args]
+        return ["env", *assignments, *trainer_argv(self.host.python, *args, root=trainer_root)]
 
     def path(self, *parts: str) -> str:
         return "/".join([self.workdir.rstrip("/"), *parts])

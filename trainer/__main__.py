@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     command, rest = argv[0], argv[1:]
+    from trainer.pushed import pin_for_children, trainer_argv
+
+    pin_for_children()
     if command in NEEDS_STACK:
         from trainer.interpreter import no_stack_message, training_python
 
@@ -27,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {message}\nhint: {hint}", file=sys.stderr)
             return 1
         if python != sys.executable and not os.environ.get(REEXEC_ENV):
-            # PYTHONPATH (this trainer copy) is inherited; the guard makes a second hop impossible.
+            # The same trainer copy, in the other interpreter; the guard makes a second hop impossible.
             os.environ[REEXEC_ENV] = "1"
-            os.execv(python, [python, "-m", "trainer", *argv])
+            os.execv(python, trainer_argv(python, *argv))
     if command == "setup":
         from trainer.hostsetup import main as setup
 
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.validate import main as validate
 
         return validate(rest)
+    if command in ("resume-info", "settle"):
+        from trainer.hostquery import main as query
+
+        return query(argv)
     from trainer import hostside
 
     return hostside.main(argv)

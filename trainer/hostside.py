@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trainer.gpus import GpuError, claim_gpus
 from trainer.interpreter import no_stack_message, training_python
+from trainer.pushed import copy_info, trainer_argv
 from trainer.workers import process_count, run_workers
 
 RUN_FILE = "run.json"
@@ -62,6 +63,9 @@ def cmd_start(args: list[str]) -> int:
         _reply({"error": exc.message, "hint": exc.hint})
         return 1
     run["gpus"] = claim.visible
+    # Resolved here, once: a `~/gpurun` workdir reaches the host relative to the login's home.
+    run["workdir"] = str(run_dir.resolve().parent.parent)
+    run.update(copy_info())  # the trainer that will run: the copy the launcher pushed, by path and version
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
@@ -75,7 +79,7 @@ def cmd_start(args: list[str]) -> int:
         json.dump(payload.get("env", {}), fh)
     with open(run_dir / WRAPPER_LOG, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer", "wrap", str(run_dir.resolve())],
+            trainer_argv(sys.executable, "wrap", str(run_dir.resolve())),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -108,7 +112,7 @@ def cmd_wrap(args: list[str]) -> int:
         json.dumps({"pgid": os.getpgid(me), "pid": me, "marker": process_marker(me), "boot_id": boot_id()}),
     )
     python = training_python() or sys.executable
-    argv = [python, "-m", "trainer", "run", str(run_dir)]
+    argv = trainer_argv(python, "run", str(run_dir))
     exit_code = run_workers(argv, env, process_count(gpus), run_dir, LOG_FILE, lock_fds)
     _write_atomic(run_dir / EXIT_FILE, f"{exit_code}\n")
     return 0

@@ -16,6 +16,7 @@ from trainer.config import TaskConfig, TaskError, config_from_dict
 from trainer.data import load_task_data
 from trainer.events import EVENTS_FILE, EventWriter, events_callback, stop_callback
 from trainer.model import load_model, load_tokenizer, resolve_base_model
+from trainer.pushed import copy_info
 from trainer.tiny import default_cache_dir
 
 OUTPUT_DIR = "output"
@@ -45,7 +46,13 @@ def run(run_dir: Path) -> int:
     # Names only, never values: proof that the secrets arrived, safe to log.
     secrets = sorted(name for name in os.environ if name in SECRET_NAMES or name in record.get("secret_env", []))
     events.emit(
-        "start", run_id=record["run_id"], task=record["task"], secrets=secrets, python=sys.executable, processes=world
+        "start",
+        run_id=record["run_id"],
+        task=record["task"],
+        secrets=secrets,
+        python=sys.executable,
+        processes=world,
+        **copy_info(),
     )
 
     # 1. The task, checked again here: the host's files are what will actually be trained on.
