@@ -433,7 +433,11 @@ def validate(task, overrides, experiment, show):
 @main.command()
 @click.option("--host", help="Host to set up (default: hosts.yaml's default).")
 @click.option(
-    "--torch", "torch_spec", metavar="SPEC", help="The torch requirement, e.g. torch==2.5.1 (default: gpurun's)."
+    "--torch",
+    "torch_spec",
+    metavar="SPEC",
+    help="The torch requirement, used as given with no index of gpurun's (default: the torch gpurun is tested "
+    "with, in the build the host's NVIDIA driver runs, or the CPU build where there is no GPU).",
 )
 @click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG", help="Pass ARG to pip install (repeatable).")
 @click.option("--force", is_flag=True, help="Install again even if the host already has the training stack.")
@@ -442,12 +446,14 @@ def setup(host, torch_spec, pip_args, force, verbose):
     """Give a host the training stack: a venv in its workdir, used by every run there.
 
     Needs only Python 3.10+ (with venv) and rsync on the host. Does nothing if the host's
-    `python` already has the stack; runs again pick up where a cut-short setup stopped.
+    `python` already has the stack. Prints what it will install and roughly how much it downloads
+    before pip starts. Ctrl-C stops pip on the host too and exits with 130; the half-made venv is
+    never used, and running setup again carries on where it stopped.
 
     \b
     Example:
       gpurun setup --host a100
-      gpurun setup --host a100 --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cu124
+      gpurun setup --host a100 --torch torch==2.13.0+cpu --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cpu
     """
     from launcher.hosts import resolve_host
     from launcher.hostsetup import setup_host
@@ -465,12 +471,28 @@ def setup(host, torch_spec, pip_args, force, verbose):
             elif line.strip():
                 status.update(f"setting up {target.name}: {line.strip()[:100]}")
 
+        installing: list[str] = []
+
+        def on_plan(line: str) -> None:
+            installing.append(line)
+            console.print(line, markup=False)
+
         try:
-            report = setup_host(remote_for(target), torch_spec, pip_args, force, on_log)
+            report = setup_host(remote_for(target), torch_spec, pip_args, force, on_log, on_plan)
+        except KeyboardInterrupt:
+            report = None  # said below, once the spinner is gone
         except Exception:
             if not verbose and lines:  # what pip said last is usually why
                 console.print("\n".join(lines[-15:]), markup=False)
             raise
+    if report is None:
+        # 130 as for any Ctrl-C. The host half sees its connection close and stops pip's process group.
+        done = "pip is stopped on the host and the venv stays unused" if installing else "nothing was installed"
+        click.echo(
+            f"setup of {target.name} interrupted: {done}; run gpurun setup --host {target.name} again to carry on",
+            err=True,
+        )
+        sys.exit(130)
     from launcher.render import setup_report_text
 
     console.print(setup_report_text(target.name, report))

@@ -1,14 +1,25 @@
-"""`python -m trainer setup [--force] [--pip-arg ARG]... -- REQUIREMENT...`: the host half of `gpurun setup`.
+"""`python -m trainer setup [--force] [--pip-arg ARG]... [--torch-pip-arg ARG]... -- REQUIREMENT...`.
 
-Standard library only (it runs where the training stack is missing). Makes `<workdir>/venv`, installs
-the requirements the launcher sends, checks the result by importing it, and only then writes the
-ready marker, so a setup cut short is resumed by running it again and is never used half-made.
-Every line it prints is JSON: {"log": ...} while working, then {"done": report} or {"error", "hint"}.
+The host half of `gpurun setup`. Standard library only (it runs where the training stack is missing).
+Makes `<workdir>/venv`, installs the requirements the launcher sends (torch alone first, from the
+index `--torch-pip-arg` names, when there is one), checks the result by importing it, and only then
+writes the ready marker, so a setup cut short is resumed by running it again and is never used half-made.
+Every line it prints is JSON: {"installing": {"venv", "free_bytes"}} just before pip starts, {"log": ...}
+and {"alive": 1} while working, then {"done": report} or {"error", "hint"}.
+
+When the laptop goes (Ctrl-C there, a dropped connection), sshd closes this process's stdout; the next
+write fails, and pip's whole process group is stopped with it: no pip is left running on the box.
 """
 
 import json
+import os
+import queue
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from trainer.hostside import _reply, _write_atomic
@@ -31,9 +42,26 @@ print(json.dumps(report))
 """
 
 
+LAPTOP_GONE = 130
+HEARTBEAT_S = 1.0  # how soon a closed connection is noticed while pip is quiet (a hung download, say)
+PIP_STOP_GRACE_S = 5.0
+
+
+class _Stop(Exception):
+    """A signal asked this process to end (SIGTERM, SIGHUP; SIGINT is KeyboardInterrupt)."""
+
+
 def main(args: list[str]) -> int:
+    try:
+        return _setup(args)
+    except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt, _Stop):
+        _quiet_stdout()  # the laptop is gone (or Ctrl-C on the local host): no traceback for no one
+        return LAPTOP_GONE
+
+
+def _setup(args: list[str]) -> int:
     force = "--force" in args
-    pip_args, requirements = _parse(args)
+    pip_args, torch_pip_args, requirements = _parse(args)
     venv = setup_venv()
     if venv is None:
         return _fail("setup runs from a trainer copy pushed by gpurun", "run it as: gpurun setup --host HOST")
@@ -44,6 +72,8 @@ def main(args: list[str]) -> int:
             return _done(ready, already=True)
     (venv / READY_MARKER).unlink(missing_ok=True)
     python = venv_python(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    _reply({"installing": {"venv": str(venv), "free_bytes": shutil.disk_usage(venv.parent).free}})
     if not python.exists():
         _log(f"creating {venv} with {sys.executable}")
         made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
@@ -56,32 +86,101 @@ def main(args: list[str]) -> int:
                     "or set `python:` in hosts.yaml to another Python",
                 )
             return _fail(f"`{sys.executable} -m venv {venv}` failed: {output.splitlines()[-1] if output else ''}")
-    _log(f"installing into {venv}: {' '.join(requirements)}")
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *requirements]
-    with subprocess.Popen(
-        pip, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
-    ) as proc:
-        for line in proc.stdout:
-            _log(line.rstrip())
-    if proc.returncode != 0:
-        return _fail(
-            f"pip install failed (exit {proc.returncode})",
-            "the lines above say why; fix it and run gpurun setup again (it carries on where it stopped)",
-        )
+    for pip in pip_steps(str(python), pip_args, torch_pip_args, requirements):
+        _log(f"installing into {venv}: {' '.join(pip[pip.index('install') + 1 :])}")
+        code = _run_pip(pip)
+        if code == LAPTOP_GONE:
+            return LAPTOP_GONE
+        if code != 0:
+            return _fail(
+                f"pip install failed (exit {code})",
+                "the lines above say why; fix it and run gpurun setup again (it carries on where it stopped)",
+            )
     return _done(str(python), already=False, mark=venv / READY_MARKER)
 
 
-def _parse(args: list[str]) -> tuple[list[str], list[str]]:
-    pip_args, requirements, i = [], [], 0
+def pip_steps(python: str, pip_args: list[str], torch_pip_args: list[str], requirements: list[str]) -> list[list[str]]:
+    """The pip commands to run. With an index for torch, torch goes alone first, from that index only
+    (PyTorch's own way: `--index-url .../cu126`), so the rest, from the usual index, finds it satisfied;
+    the user's pip arguments come last in each, so theirs win."""
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+    torch = [r for r in requirements if re.match(r"torch\b(?![-_.])", r, re.IGNORECASE)]
+    steps = [[*pip, *torch_pip_args, *pip_args, *torch]] if torch_pip_args and torch else []
+    return [*steps, [*pip, *pip_args, *requirements]]
+
+
+def _raise_stop(signum, frame):
+    raise _Stop(signum)
+
+
+def _run_pip(argv: list[str]) -> int:
+    """Run pip in its own process group, relaying its lines and a heartbeat. Returns pip's exit code,
+    or LAPTOP_GONE once the laptop is gone (a write fails) or a signal came: pip's group is stopped then."""
+    # Its own process group: one killpg reaches pip and anything it started (a build backend, say).
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        encoding="utf-8", errors="replace", start_new_session=True,
+    )  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+
+    def relay() -> None:  # a thread, so the main one can write a heartbeat while pip is quiet
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=relay, daemon=True).start()
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                _reply({"alive": 1})  # nothing to say, but it fails at once once no one listens
+                continue
+            if line is None:
+                return proc.wait()
+            _log(line.rstrip())
+    except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt, _Stop):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        _stop_group(proc)
+        _quiet_stdout()
+        return LAPTOP_GONE
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, PIP_STOP_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _quiet_stdout() -> None:
+    """The laptop is gone: later writes (and the flush at exit) go nowhere instead of raising."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _parse(args: list[str]) -> tuple[list[str], list[str], list[str]]:
+    pip_args, torch_pip_args, requirements, i = [], [], [], 0
     while i < len(args):
         if args[i] == "--":
             requirements = args[i + 1 :]
             break
-        if args[i] == "--pip-arg" and i + 1 < len(args):
-            pip_args.append(args[i + 1])
+        if args[i] in ("--pip-arg", "--torch-pip-arg") and i + 1 < len(args):
+            (pip_args if args[i] == "--pip-arg" else torch_pip_args).append(args[i + 1])
             i += 1
         i += 1
-    return pip_args, requirements
+    return pip_args, torch_pip_args, requirements
 
 
 def _done(python: str, already: bool, mark: Path | None = None) -> int:
