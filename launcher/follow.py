@@ -5,10 +5,11 @@ import time
 from collections.abc import Callable
 
 from launcher.errors import GpurunError
-from launcher.remote import Remote, ssh_failure
+from launcher.remote import HOST_KEY_KINDS, Remote, SSHFailure, ssh_failure
 from launcher.runs import RunRecord
 
 MAX_BACKOFF_S = 30.0
+FIRST_CONNECT_TRIES = 3  # before the first successful connection; after it, reconnect forever
 
 
 def follow(
@@ -20,34 +21,56 @@ def follow(
     log_offset: int = 0,
     events_offset: int = 0,
 ) -> dict:
-    """Stream until the job ends; returns the final state. Reconnects with backoff when the link drops."""
+    """Stream until the job ends; returns the final state. Reconnects with backoff when the link drops.
+
+    Only a link that once worked is worth waiting for forever (a rebooting box, a flaky Wi-Fi): a host
+    never reached (nothing listening, a name that does not resolve, a refused login) is an error after
+    FIRST_CONNECT_TRIES tries, and a refused host key at once, since no retry can fix it.
+    """
     run_dir = remote.path("runs", record.run_id)
     backoff = 1.0
+    connected = False
+    failed_tries = 0
     while True:
-        argv = remote.python_argv(record.trainer_root, "follow", run_dir, str(log_offset), str(events_offset))
-        proc = remote.stream(argv)
-        for line in proc.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            backoff = 1.0  # the link works again
-            if "log" in message:
-                on_log(message["log"])
-                log_offset = message["log_offset"]
-            elif "events" in message:
-                on_events(message["events"])
-                events_offset = message["events_offset"]
-            elif "end" in message:
-                proc.wait()
-                return message["end"]
-        stderr = proc.stderr.read() if proc.stderr else ""
-        code = proc.wait()
-        if "Host key verification failed" in stderr or "IDENTIFICATION HAS CHANGED" in stderr:
-            raise ssh_failure(remote.host, stderr)
-        if code not in (0, 255) and not remote.host.is_local and "No such file" in stderr:
-            raise GpurunError(f"run {record.run_id} is gone from {remote.host.name}", stderr.strip()[-200:])
-        on_status(f"connection to {remote.host.name} lost; reconnecting in {backoff:.0f}s… (Ctrl-C detaches)")
+        failure = remote.connect()  # the shared connection's master; None without one (then ssh itself tells)
+        stderr = ""
+        if failure is None:
+            argv = remote.python_argv(record.trainer_root, "follow", run_dir, str(log_offset), str(events_offset))
+            proc = remote.stream(argv)
+            for line in proc.stdout:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                backoff = 1.0  # the link works again
+                connected = True  # the host's follow answered (it sends a heartbeat first thing)
+                if "log" in message:
+                    on_log(message["log"])
+                    log_offset = message["log_offset"]
+                elif "events" in message:
+                    on_events(message["events"])
+                    events_offset = message["events_offset"]
+                elif "end" in message:
+                    proc.wait()
+                    return message["end"]
+            stderr = proc.stderr.read() if proc.stderr else ""
+            code = proc.wait()
+            if code not in (0, 255) and not remote.host.is_local and "No such file" in stderr:
+                raise GpurunError(f"run {record.run_id} is gone from {remote.host.name}", stderr.strip()[-200:])
+            if code == 255 and not remote.host.is_local:
+                failure = ssh_failure(remote.host, stderr)
+        if isinstance(failure, SSHFailure) and failure.kind in HOST_KEY_KINDS:
+            raise failure
+        if not connected and failure is not None:
+            failed_tries += 1
+            if failed_tries >= FIRST_CONNECT_TRIES:
+                raise failure
+            on_status(
+                f"cannot reach {remote.host.name} (try {failed_tries} of {FIRST_CONNECT_TRIES}); "
+                f"retrying in {backoff:.0f}s… (Ctrl-C detaches)"
+            )
+        else:
+            on_status(f"connection to {remote.host.name} lost; reconnecting in {backoff:.0f}s… (Ctrl-C detaches)")
         time.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
 

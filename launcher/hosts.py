@@ -47,6 +47,9 @@ class Host:
     env: dict[str, str] = field(default_factory=dict)
     gpus: str | None = None  # "auto", "0,1", or None (leave CUDA_VISIBLE_DEVICES alone)
     secret_env: list[str] = field(default_factory=list)
+    # For a name not in hosts.yaml (taken as an ssh target): the hosts.yaml names it is close to, so a
+    # typo that ssh cannot resolve gets "did you mean". Worked out here, where it costs no round trip.
+    nearby: list[str] = field(default_factory=list)
 
     @property
     def is_local(self) -> bool:
@@ -123,4 +126,4 @@ def resolve_host(root: Path, name: str | None) -> Host:
         return hosts[name]
     if name.startswith("-") or not name.strip():
         raise GpurunError(f"not a host name: {name!r}", f"known hosts: {', '.join(hosts)}")
-    return Host(name=name, ssh=name)
+    return Host(name=name, ssh=name, nearby=difflib.get_close_matches(name, list(hosts), n=3))

@@ -11,7 +11,8 @@ from launcher import __version__
 from launcher.checks import CheckedTask, check_task, token_checks
 from launcher.errors import GpurunError, host_error
 from launcher.hosts import Host, resolve_host
-from launcher.remote import Remote, launcher_env_secrets, remote_for
+from launcher.project import state_dir
+from launcher.remote import Remote, check_python, launcher_env_secrets, remote_for
 from launcher.runs import History, RunRecord, new_run_id
 from launcher.sync import push_task, push_trainer, task_name_of, trainer_version
 from trainer.config import config_to_dict
@@ -77,6 +78,9 @@ def launch(
         now = time.perf_counter()
         timings[name] = now - clock
         clock = now
+
+    # A `python:` that is not there is told now, not after the local checks.
+    check_python(remote_for(resolve_host(root, host_name)), state_dir(root))
 
     # 1. Check the task on the laptop: nothing moves for an invalid one.
     task = task_name_of(task_dir)

@@ -11,6 +11,7 @@ OpenSSH's own `StrictHostKeyChecking=yes`.
 
 import fcntl
 import hashlib
+import json
 import os
 import shlex
 import subprocess
@@ -19,6 +20,14 @@ from pathlib import Path
 
 from launcher.errors import GpurunError
 from launcher.hosts import Host
+from launcher.sshconfig import (
+    SSHConfig,
+    forget_key_hint,
+    identity_hint,
+    keyscan_hint,
+    known_hosts_name,
+    resolve_ssh_config,
+)
 from trainer.pushed import trainer_argv
 
 SSH_CONNECT_TIMEOUT_S = 15
@@ -37,6 +46,10 @@ class Remote:
 
     def stream(self, argv: list[str]) -> subprocess.Popen:
         raise NotImplementedError
+
+    def connect(self) -> GpurunError | None:
+        """Why the host cannot be reached, or None; a local host always can."""
+        return None
 
     def rsync_path(self, path: str) -> str:
         """How rsync names a host path."""
@@ -219,31 +232,104 @@ class SSHRemote(Remote):
         return self.ssh_argv()
 
 
-def ssh_failure(host: Host, stderr: str) -> GpurunError:
-    """Turn ssh's exit 255 into an error that says what to do."""
+class SSHFailure(GpurunError):
+    """ssh's own failure (exit 255). `kind` lets a retrying reader (follow) tell a refusal no retry can
+    fix (host key) from a link that may come back."""
+
+    def __init__(self, kind: str, message: str, hint: str):
+        super().__init__(message, hint)
+        self.kind = kind
+
+
+HOST_KEY_KINDS = ("host_key_changed", "host_key_unknown")
+
+
+def ssh_failure(host: Host, stderr: str) -> SSHFailure:
+    """Turn ssh's exit 255 into an error that says what to do, in the terms of the user's own ssh config."""
     text = (stderr or "").strip()
     last = text.splitlines()[-1] if text else "ssh failed"
-    port = f"-p {host.port} " if host.port else ""
-    hostname = host.ssh.rpartition("@")[2] or host.name
-    known = f" >> {host.known_hosts}" if host.known_hosts else " >> ~/.ssh/known_hosts"
+
+    def resolved() -> SSHConfig:
+        # What ssh really used (an ~/.ssh/config alias's HostName, Port, User, IdentityFile); asked only
+        # now that something failed. Without an answer, the best guess from hosts.yaml.
+        remote = SSHRemote(host)
+        found = resolve_ssh_config(remote._base_ssh_argv(), remote.target())
+        if found:
+            return found
+        user, _, hostname = (host.ssh or host.name).rpartition("@")
+        known = [str(Path(host.known_hosts).expanduser())] if host.known_hosts else []
+        identities = [host.identity] if host.identity else []
+        return SSHConfig(hostname, host.port or 22, host.user or user, identities, known, bool(host.identity))
+
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key for" in text and "has changed" in text:
-        return GpurunError(
+        return SSHFailure(
+            "host_key_changed",
             f"the host key of {host.name} has changed: refusing to connect",
-            f"if the host was really reinstalled, remove the old key: ssh-keygen -R {hostname}"
-            + (f" -f {host.known_hosts}" if host.known_hosts else ""),
+            forget_key_hint(resolved()),
         )
-    if "Host key verification failed" in text or "No ED25519 host key is known" in text or "host key is known" in text:
-        return GpurunError(
-            f"the host key of {host.name} is not known: refusing to connect",
-            f"check its fingerprint, then add it: ssh-keyscan {port}{hostname}{known}",
+    if "Host key verification failed" in text or "host key is known" in text:
+        config = resolved()
+        return SSHFailure(
+            "host_key_unknown",
+            f"the host key of {host.name} ({known_hosts_name(config)}) is not known: refusing to connect",
+            keyscan_hint(config),
         )
     if "Permission denied" in text:
-        return GpurunError(
-            f"{host.name} refused the login ({last})", "check `user:` and `identity:` in hosts.yaml, or ssh-add the key"
+        config = resolved()
+        return SSHFailure(
+            "login",
+            f"{host.name} refused the login as {config.user or 'you'} ({last})",
+            identity_hint(config, host.identity, host.name),
         )
     if "Could not resolve hostname" in text:
-        return GpurunError(f"cannot resolve {host.name}: {last}", "check `ssh:` in hosts.yaml or ~/.ssh/config")
-    return GpurunError(f"cannot reach {host.name}: {last}", f"try: ssh {port}{host.ssh or host.name} true")
+        if host.nearby:  # a --host not in hosts.yaml, taken as an ssh target: most likely a typo
+            hint = f"did you mean {host.nearby[0]}? ({host.name} is not in hosts.yaml, so ssh was asked for it)"
+        else:
+            hint = "check `ssh:` in hosts.yaml or the HostName in ~/.ssh/config"
+        return SSHFailure("resolve", f"cannot resolve {host.name}: {last}", hint)
+    port = f"-p {host.port} " if host.port else ""
+    return SSHFailure("reach", f"cannot reach {host.name}: {last}", f"try: ssh {port}{host.ssh or host.name} true")
+
+
+# Exit 0: `python:` is there. 3: it does not exist, 4: it is not an executable file. A failure prints the
+# host's own python3, for the hint. `~/` means the login's home, as in hosts.yaml; a bare name is looked
+# up on PATH (after the host's `env:`, which may set PATH).
+PYTHON_CHECK = """
+case $1 in "~/"*) set -- "$HOME/${1#"~/"}";; esac
+case $1 in */*) [ -f "$1" ] && [ -x "$1" ] && exit 0;; *) command -v "$1" >/dev/null && exit 0;; esac
+command -v python3
+case $1 in */*) [ -e "$1" ] && exit 4;; esac
+exit 3
+"""
+PYTHON_CHECKED_DIR = "host-python-ok"
+
+
+def check_python(remote: Remote, cache: Path) -> None:
+    """Refuse at once, naming the path, when the host's `python:` does not exist.
+
+    `train` would otherwise spend its local checks (seconds: tokenizer and token counts) before the
+    host's start tells. One short command through the shared connection (which `train` opens anyway),
+    and only until it has once succeeded: the positive answer is kept as a marker under `cache`.
+    """
+    host = remote.host
+    key = json.dumps([host.transport, host.ssh, host.port, host.user, host.python, host.env], sort_keys=True)
+    marker = cache / PYTHON_CHECKED_DIR / hashlib.sha256(key.encode()).hexdigest()[:20]
+    if marker.exists():
+        return
+    assignments = [f"{k}={v}" for k, v in host.env.items()]
+    proc = remote.run(["env", *assignments, "sh", "-c", PYTHON_CHECK, "sh", host.python], check=False)
+    if proc.returncode in (3, 4):
+        what = "does not exist" if proc.returncode == 3 else "is not an executable file"
+        found = proc.stdout.strip().splitlines()
+        there = f" (its python3 is {found[-1]})" if found else ""
+        raise GpurunError(
+            f"on {host.name}: python {host.python} {what}",
+            f"set python: of {host.name} in hosts.yaml to a Python 3.10+ on {host.name}{there}",
+        )
+    if proc.returncode == 0:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    # Anything else (an odd login shell, say) proves nothing either way: the start will tell.
 
 
 def remote_for(host: Host) -> Remote:
