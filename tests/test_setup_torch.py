@@ -1,10 +1,12 @@
 """`gpurun setup` picks the torch build the host's driver runs, says what it costs, and Ctrl-C stops pip on the box."""
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -268,3 +270,13 @@ def test_ctrl_c_stops_pip_on_the_host_and_leaves_the_venv_unused(bare_hosts, tmp
     assert (venv / "bin" / "python").exists() and not (venv / ".gpurun-ready").exists()
     refused = run_gpurun(bare_hosts, "train", "tasks/hr", "--host", host)
     assert refused.returncode == 1 and "lacks torch" in refused.stderr, refused.stderr
+
+
+def test_the_host_half_relays_pips_lines_and_its_exit_code_with_heartbeats_while_it_is_quiet(capsys):
+    from trainer.hostsetup import HEARTBEAT_S, _run_pip
+
+    quiet = f"import time; print('Collecting peft', flush=True); time.sleep({HEARTBEAT_S * 2.5}); raise SystemExit(3)"
+    assert _run_pip([sys.executable, "-c", quiet]) == 3
+    replies = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert replies[0] == {"log": "Collecting peft"}
+    assert replies[1:] and all(reply == {"alive": 1} for reply in replies[1:])
