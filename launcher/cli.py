@@ -57,16 +57,29 @@ def _root() -> Path:
     return find_root()
 
 
-def _run_and_remote(run: str | None):
+def _run_and_remote(run: str | None, allow_not_started: bool = False):
     """(project root, history, the named or latest run, its host's Remote): what every run command starts with."""
+    import shlex
+
     from launcher.hosts import resolve_host
     from launcher.remote import remote_for
-    from launcher.runs import History
+    from launcher.runs import STARTING, History
 
     root = _root()
     history = History(root)
     record = history.get(run)
-    return root, history, record, remote_for(resolve_host(root, record.host))
+    remote = remote_for(resolve_host(root, record.host))
+    if record.state == STARTING:  # its start never answered: ask the host whether it began
+        from launcher.runs import refresh_state
+
+        refresh_state(history, remote, record)
+        record = history.get(record.run_id)
+    if record.state == "not_started" and not allow_not_started:
+        raise GpurunError(
+            f"{record.run_id} never started on {record.host} (the connection dropped while starting it)",
+            f"start it again: gpurun train {shlex.quote(record.task_dir)}",
+        )
+    return root, history, record, remote
 
 
 def _console(stderr: bool = False):
@@ -80,9 +93,14 @@ def _console(stderr: bool = False):
 
 @main.command()
 @click.argument("task", required=False)
-@click.option("--host", help="Host from hosts.yaml or an ~/.ssh/config alias (default: hosts.yaml's default).")
+@click.option(
+    "--host", help="Host from hosts.yaml or an ~/.ssh/config alias (default: $GPURUN_HOST, else hosts.yaml's default)."
+)
 def push(task, host):
-    """Rsync a task directory to a host (its mirror there; run outputs are never touched).
+    """Rsync a task directory to a host: <workdir>/tasks/<task>/ there becomes an exact mirror of it.
+
+    A file deleted here is deleted from the mirror too; run outputs live outside it and are never
+    touched. .gitignore and .gpurunignore are honoured.
 
     \b
     Example:
@@ -110,21 +128,28 @@ def push(task, host):
 
 @main.command()
 @click.argument("task", required=False)
-@click.option("--host", help="Host to train on (default: hosts.yaml's default).")
+@click.option("--host", help="Host to train on (default: $GPURUN_HOST, else hosts.yaml's default).")
 @click.option("--gpus", help="GPUs: auto, a count (2) or indices (0,1). Default: the host entry's `gpus`.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a task value for this run.")
 @click.option("--exp", "experiment", help="Overlay tasks/<task>/experiments/<NAME>.yaml.")
-@click.option("--resume", "resume", metavar="RUN", help="Continue RUN from its latest complete checkpoint.")
-@click.option("--force", is_flag=True, help="Use the GPUs named by --gpus even if someone holds them.")
+@click.option(
+    "--resume", "resume", metavar="RUN", help="Continue RUN from its latest complete checkpoint, with its config."
+)
+@click.option(
+    "--force", is_flag=True, help="Use GPUs someone holds; with --resume, allow a --set that changes the schedule."
+)
 def train(task, host, gpus, overrides, experiment, resume, force):
     """Check the task, sync it, and start the trainer on the host, detached. Returns at once.
 
-    TASK defaults to the task pushed last (with --resume: the resumed run's task and host).
+    TASK defaults to the task pushed last. With --resume RUN: RUN's task, host and resolved config
+    (its --exp and --set values); a --set given here applies on top, unless it changes the schedule
+    (batch, accumulation, epochs, scheduler, warmup, fewer steps): that needs --force.
 
     \b
     Example:
       gpurun train tasks/hr --host a100 --gpus 0,1 --set training.max_steps=300
       gpurun train --resume hr-20260101-120000-ab12
+      GPURUN_HOST=a100 gpurun train tasks/hr
     """
     from launcher.launch import launch, resolve_task_dir
     from launcher.runs import History
@@ -150,6 +175,10 @@ def train(task, host, gpus, overrides, experiment, resume, force):
     gpus_shown = launched.gpus if launched.gpus else "default"
     resumed = f", resuming {parent.run_id}" if parent else ""
     console.print(f"started [bold]{record.run_id}[/] on {record.host} (GPUs: {gpus_shown}{resumed})")
+    if launched.resumed:
+        from launcher.render import resume_text
+
+        console.print(resume_text(launched.resumed))
     console.print(f"follow it: gpurun logs -f {record.run_id}")
 
 
@@ -173,6 +202,7 @@ def logs(run, follow, tail):
     root, history, record, remote = _run_and_remote(run)
     console = _console()
     dashboard = Dashboard(console, record.run_id, quiet_log=False)
+    dashboard.seed(record.step, record.total_steps)  # a resumed run shows its step N/TOTAL from the start
     lines: list[str] = []
     if not follow:
         from launcher.follow import read_once
@@ -304,7 +334,7 @@ def status(run):
     from launcher.render import runs_table
     from launcher.runs import refresh_state
 
-    root, history, record, remote = _run_and_remote(run)
+    root, history, record, remote = _run_and_remote(run, allow_not_started=True)
     refresh_state(history, remote, record)
     row = {**history.get(record.run_id).__dict__}
     _console().print(runs_table([row]))
@@ -322,18 +352,21 @@ def runs(limit):
     from launcher.hosts import resolve_host
     from launcher.remote import remote_for
     from launcher.render import runs_table
-    from launcher.runs import FINAL_STATES, History, fetch_states
+    from launcher.runs import FINAL_STATES, STARTING, History, fetch_states, settle_states
 
     root = _root()
     history = History(root)
     records = history.all(limit)
-    by_host: dict[tuple[str, str], list[str]] = {}
+    by_host: dict[tuple[str, str, bool], list[str]] = {}
     for record in records:
         if record.state not in FINAL_STATES:  # a finished run's state never changes: no round trip
-            by_host.setdefault((record.host, record.trainer_root), []).append(record.run_id)
-    for (host, trainer_root), run_ids in by_host.items():
+            # a run whose start never answered is settled: running if it began, else never to begin
+            key = (record.host, record.trainer_root, record.state == STARTING)
+            by_host.setdefault(key, []).append(record.run_id)
+    for (host, trainer_root, starting), run_ids in by_host.items():
+        ask = settle_states if starting else fetch_states
         try:
-            states = fetch_states(remote_for(resolve_host(root, host)), trainer_root, run_ids)
+            states = ask(remote_for(resolve_host(root, host)), trainer_root, run_ids)
         except GpurunError as exc:
             _console(stderr=True).print(f"[yellow]warning:[/] {host}: {exc.message}")
             continue
@@ -431,7 +464,7 @@ def validate(task, overrides, experiment, show):
 
 
 @main.command()
-@click.option("--host", help="Host to set up (default: hosts.yaml's default).")
+@click.option("--host", help="Host to set up (default: $GPURUN_HOST, else hosts.yaml's default).")
 @click.option(
     "--torch",
     "torch_spec",

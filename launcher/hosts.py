@@ -8,6 +8,7 @@ hosts:
 """
 
 import difflib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from launcher.errors import GpurunError
 from launcher.project import HOSTS_FILE
 
 LOCAL = "local"
+HOST_ENV = "GPURUN_HOST"  # the default host for every command, without editing hosts.yaml
 HOST_KEYS = (
     "transport",
     "ssh",
@@ -121,7 +123,7 @@ def _host_from_entry(name: str, entry: dict, path: Path) -> Host:
 def resolve_host(root: Path, name: str | None) -> Host:
     """A host by name; a name not in hosts.yaml is taken as an ssh target or ~/.ssh/config alias."""
     default, hosts = load_hosts(root)
-    name = name or default
+    name = name or os.environ.get(HOST_ENV) or default  # --host, then GPURUN_HOST, then hosts.yaml's default
     if name in hosts:
         return hosts[name]
     if name.startswith("-") or not name.strip():

@@ -1,5 +1,6 @@
 """`gpurun train`: check -> push -> start detached -> record. Returns as soon as the job runs."""
 
+import copy
 import json
 import shlex
 import sys
@@ -7,15 +8,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from launcher import __version__
-from launcher.checks import CheckedTask, check_task, token_checks
+from launcher.checks import CheckedTask, check_task, task_error, token_checks
 from launcher.errors import GpurunError, host_error
 from launcher.hosts import Host, resolve_host
 from launcher.project import state_dir
 from launcher.remote import Remote, check_python, launcher_env_secrets, remote_for
-from launcher.runs import History, RunRecord, new_run_id
+from launcher.runs import STARTING, History, RunRecord, fetch_resume_info, new_run_id
 from launcher.sync import push_task, push_trainer, task_name_of, trainer_version
-from trainer.config import config_to_dict
+from trainer.config import Problem, TaskError, config_from_dict, config_to_dict, set_path
+from trainer.data import load_task_data
 
 LAST_TASK = "last_task"
 
@@ -27,6 +31,7 @@ class Launched:
     gpus: str | None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    resumed: "Resumed | None" = None
 
 
 def resolve_task_dir(root: Path, task: str | None, history: History) -> Path:
@@ -79,25 +84,40 @@ def launch(
         timings[name] = now - clock
         clock = now
 
-    # A `python:` that is not there is told now, not after the local checks.
-    check_python(remote_for(resolve_host(root, host_name)), state_dir(root))
-
-    # 1. Check the task on the laptop: nothing moves for an invalid one.
     task = task_name_of(task_dir)
-    checked = check_task(task_dir, overrides, experiment)
-    token_checks(root, task_dir, overrides, experiment)  # masks and lengths, where the tokenizer is at hand
     history = History(root)
-    lap("check")
-
-    # 2. Sync the task (a no-op when nothing changed) and this launcher's trainer.
     host = resolve_host(root, host_name)
     remote = remote_for(host)
-    push_task(remote, task_dir)
-    trainer_root = push_trainer(remote)
+    check_python(remote, state_dir(root))  # a `python:` that is not there is told now, not after the local checks
+    resumed: Resumed | None = None
+    if resume is None:
+        # 1. Check the task on the laptop: nothing moves for an invalid one.
+        checked = check_task(task_dir, overrides, experiment)
+        token_checks(root, task_dir, overrides, experiment)  # masks and lengths, where the tokenizer is at hand
+        all_overrides = list(overrides)
+        lap("check")
+        # 2. Sync the task (a no-op when nothing changed) and this launcher's trainer.
+        push_task(remote, task_dir)
+        trainer_root = push_trainer(remote)
+    else:
+        # 1-2. A resume asks the parent's host first (with this launcher's trainer, which knows how):
+        # the parent's resolved config is the truth, and a parent with nothing to resume from is
+        # refused before the task is pushed or anything starts.
+        trainer_root = push_trainer(remote)
+        resumed = plan_resume(remote, trainer_root, resume, task, task_dir, overrides, experiment, force)
+        checked = resumed.checked
+        experiment = resumed.experiment
+        all_overrides = resumed.overrides + list(overrides)
+        # No laptop token checks here: the parent passed them, and the host checks every example's
+        # tokens again with this exact config before it loads the model.
+        lap("check")
+        push_task(remote, task_dir)
     remember_task(root, task_dir, history)
     lap("push")
 
-    # 3. Start the wrapper detached on the host; one round trip, secrets on stdin only.
+    # 3. Record the run, then start the wrapper detached on the host (one round trip, secrets on
+    # stdin only). Recorded first: if the connection drops during the start, the next command
+    # still knows this run and asks the host whether it began.
     run_id = new_run_id(task)
     started_at = time.time()
     run = {
@@ -107,7 +127,8 @@ def launch(
         "host": host.name,
         "gpus": gpus if gpus is not None else host.gpus,
         "experiment": experiment,
-        "overrides": list(overrides),
+        "overrides": all_overrides,
+        "resume_overrides": list(overrides) if resume else [],
         "command": shlex.join(["gpurun", *sys.argv[1:]]),
         "launcher_version": __version__,
         "trainer_version": trainer_version(),
@@ -116,11 +137,6 @@ def launch(
         "force": force,
         "secret_env": host.secret_env,
     }
-    env = {**host.env, **launcher_env_secrets(host)}
-    reply = start_on_host(remote, trainer_root, run_id, {"run": run, "env": env})
-    lap("start")
-
-    # 4. Record it, so `logs -f` and `pull` without arguments mean this run.
     record = RunRecord(
         run_id=run_id,
         task=task,
@@ -128,26 +144,180 @@ def launch(
         host=host.name,
         trainer_root=trainer_root,
         started_at=started_at,
-        state=reply.get("state"),
+        state=STARTING,
         parent=resume.run_id if resume else None,
+        experiment=experiment,
+        overrides=json.dumps(all_overrides),
+        step=resumed.checkpoint_step if resumed else None,  # a resumed run's first screen: step N/TOTAL
+        total_steps=resumed.total_steps if resumed else None,
     )
     history.add(record)
-    return Launched(record, checked, reply.get("gpus"), reply.get("warnings") or [], timings)
+    env = {**host.env, **launcher_env_secrets(host)}
+    reply, failure = start_on_host(remote, trainer_root, run_id, {"run": run, "env": env})
+    lap("start")
+    if reply is None:
+        raise GpurunError(
+            f"no answer from {host.name} while starting {run_id} ({failure}): it may have started there",
+            f"`gpurun status {run_id}` finds out (the run is recorded here)",
+        )
+    if "error" in reply:  # the host refused: nothing started, nothing to remember
+        history.delete(run_id)
+        raise host_error(host.name, reply)
+
+    # 4. Record its state, so `logs -f` and `pull` without arguments mean this run.
+    record.state = reply.get("state")
+    history.add(record)
+    return Launched(record, checked, reply.get("gpus"), reply.get("warnings") or [], timings, resumed)
 
 
-def start_on_host(remote: Remote, trainer_root: str, run_id: str, payload: dict) -> dict:
+def start_on_host(remote: Remote, trainer_root: str, run_id: str, payload: dict) -> tuple[dict | None, str]:
+    """The host's JSON reply, or (None, what went wrong) when none came back: a connection that dropped
+    mid-call leaves it open whether the run began."""
     argv = remote.python_argv(trainer_root, "start", remote.path("runs", run_id))
     proc = remote.run(argv, input=json.dumps(payload), check=False)
     reply = _last_json(proc.stdout)
-    if reply is None:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+    if reply is not None:
+        return reply, ""
+    tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:]
+    return None, f"exit {proc.returncode}" + (f": {tail[0]}" if tail else "")
+
+
+# ---------------------------------------------------------------- resume
+
+# Values whose change would make a resumed run's schedule differ from the one its checkpoint was
+# trained on (the optimizer and scheduler states in the checkpoint assume them).
+SCHEDULE_KEYS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+)
+
+
+@dataclass
+class Resumed:
+    parent: RunRecord
+    checked: CheckedTask
+    experiment: str | None  # the parent's
+    overrides: list[str]  # the parent's --set values
+    changes: list[tuple[str, object, object]]  # (key, parent's value, this run's) from the new --set values
+    checkpoint: str
+    checkpoint_step: int
+    total_steps: int | None
+
+
+def plan_resume(
+    remote: Remote,
+    trainer_root: str,
+    parent: RunRecord,
+    task: str,
+    task_dir: Path,
+    overrides: tuple[str, ...],
+    experiment: str | None,
+    force: bool,
+) -> Resumed:
+    """The parent's resolved config with the new --set values on top, checked against its checkpoint."""
+    info = fetch_resume_info(remote, trainer_root, parent.run_id)
+    where = f"{remote.host.name}:{remote.path('runs', parent.run_id)}"
+    if info.get("state") == "not_found":
+        raise GpurunError(f"{parent.run_id} is not on {remote.host.name} any more ({where})", "list runs: gpurun runs")
+    if info.get("state") in ("running", STARTING):
         raise GpurunError(
-            f"could not start the run on {remote.host.name} (exit {proc.returncode})",
-            " / ".join(tail) or f"check `python:` of host {remote.host.name} in hosts.yaml",
+            f"{parent.run_id} is still running: its checkpoints are still changing",
+            f"stop it first (it saves a checkpoint): gpurun stop {parent.run_id}",
         )
-    if "error" in reply:
-        raise host_error(remote.host.name, reply)
-    return reply
+    run = info["run"]
+    if run.get("task") != task:
+        raise GpurunError(
+            f"{parent.run_id} trained task {run.get('task')!r}, not {task!r}",
+            f"resume it without naming a task: gpurun train --resume {parent.run_id}",
+        )
+    if experiment and experiment != run.get("experiment"):
+        raise GpurunError(
+            f"--exp {experiment} does not apply to a resumed run: it keeps {parent.run_id}'s config "
+            f"(experiment: {run.get('experiment') or 'none'})",
+            "change single values with --set KEY=VALUE, or start a new run with --exp",
+        )
+    if info.get("checkpoint") is None:
+        saves = run["config"]["training"].get("save_steps")
+        raise GpurunError(
+            f"{parent.run_id} has no complete checkpoint to resume from (in {where}/output)",
+            f"it ended before its first save (save_steps: {saves}); start a new run: gpurun train {task_dir}",
+        )
+    parent_config = run["config"]
+    checked = resumed_config(task_dir, parent_config, overrides)
+    new_config = config_to_dict(checked.config)
+    changes = _changes(parent_config, new_config)
+    refused = schedule_changes(parent_config, new_config, info["checkpoint_step"], info.get("total_steps"))
+    if refused and not force:
+        shown = "; ".join(f"training.{key}: {old!r} → {new!r}" for key, old, new in refused)
+        raise GpurunError(
+            f"--set would change the schedule {parent.run_id}'s checkpoint was trained with ({shown})",
+            "a resumed run continues its parent's schedule; to change it anyway, add --force "
+            "(the result will not match an uninterrupted run)",
+        )
+    total = info.get("total_steps")
+    if checked.config.training.max_steps > 0:
+        total = checked.config.training.max_steps
+    return Resumed(
+        parent=parent,
+        checked=checked,
+        experiment=run.get("experiment"),
+        overrides=list(run.get("overrides") or []),
+        changes=changes,
+        checkpoint=Path(info["checkpoint"]).name,
+        checkpoint_step=info["checkpoint_step"],
+        total_steps=total,
+    )
+
+
+def resumed_config(task_dir: Path, parent_config: dict, overrides: tuple[str, ...]) -> CheckedTask:
+    """The parent's resolved config, the new --set values applied on top, and every data row checked."""
+    raw = copy.deepcopy(parent_config)
+    problems: list[Problem] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(Problem("--set", f"{item!r} is not key=value", "example: --set training.max_steps=300"))
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        set_path(raw, key.strip(), value)
+    notices: list[str] = []
+    try:
+        config = config_from_dict(raw, where=lambda key: f"--set {key}", notices=notices, problems=problems)
+        splits = load_task_data(task_dir, config, load_hub=False)
+    except TaskError as exc:
+        raise task_error(exc, task_dir) from None
+    return CheckedTask(config, {name: len(rows) for name, rows in splits.items()}, notices)
+
+
+def schedule_changes(old: dict, new: dict, checkpoint_step: int, total: int | None) -> list[tuple[str, object, object]]:
+    """The training values that differ in a way the checkpoint's optimizer and scheduler cannot follow:
+    the batch shape, the schedule, and fewer steps than the parent's (or than its checkpoint has done)."""
+    before, after = old.get("training", {}), new.get("training", {})
+    refused = [(key, before.get(key), after.get(key)) for key in SCHEDULE_KEYS if before.get(key) != after.get(key)]
+    old_steps, new_steps = before.get("max_steps", -1), after.get("max_steps", -1)
+    if new_steps != old_steps:
+        longer = old_steps > 0 and new_steps > old_steps  # more steps of the same schedule: allowed
+        if not longer or new_steps <= checkpoint_step:
+            refused.append(("max_steps", old_steps, new_steps))
+    return refused
+
+
+def _changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append((f"{prefix}{key}", a, b))
+    return changes
 
 
 def _last_json(text: str) -> dict | None:

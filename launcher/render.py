@@ -5,7 +5,7 @@ import time
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -18,6 +18,8 @@ STATE_STYLE = {
     "stopped": "yellow",
     "lost": "magenta",
     "not_found": "red",
+    "starting": "cyan",
+    "not_started": "dim",
 }
 
 
@@ -54,10 +56,11 @@ class Dashboard:
             BarColumn(),
             TaskProgressColumn(),
             TextColumn("step {task.completed}/{task.total}"),
-            TimeRemainingColumn(),
+            _EtaColumn(self),
             console=console,
         )
         self.bar = self.progress.add_task(run_id, total=None)
+        self.eta = StepRate()
         self.live = Live(self._view(), console=console, refresh_per_second=4, transient=False)
         self.interactive = console.is_terminal
 
@@ -88,8 +91,16 @@ class Dashboard:
                 self.progress.update(self.bar, total=total)
             if step is not None:
                 self.progress.update(self.bar, completed=step)
+            self.eta.feed(event)
         if self.interactive:
             self.live.update(self._view())
+
+    def seed(self, step: int | None, total: int | None) -> None:
+        """What the laptop knows before the first event: a resumed run starts at its checkpoint's step."""
+        if total:
+            self.progress.update(self.bar, total=total)
+        if step:
+            self.progress.update(self.bar, completed=step)
 
     def set_status(self, text: str) -> None:
         self.status = text
@@ -115,9 +126,84 @@ class Dashboard:
         return Group(*parts)
 
 
+class StepRate:
+    """ETA from the steps this run has done itself, timed by the host's event clock.
+
+    A resumed run starts at its checkpoint's step, and `logs -f` attached late receives a whole
+    backlog at once: a rate taken from the laptop's clock and step 0 would be nonsense in both cases.
+    The rate is measured from the trainer's own `train_begin` (or the first step seen) to the latest
+    step; the countdown goes on between events on the laptop's clock.
+    """
+
+    def __init__(self):
+        self.anchor: tuple[float, int] | None = None  # (host time, step) this run's stepping started at
+        self.latest: tuple[float, int, int] | None = None  # (host time, step, total)
+        self.received = 0.0  # laptop time the latest step arrived
+
+    def feed(self, event: dict) -> None:
+        t, step, total = event.get("t"), event.get("step"), event.get("total_steps")
+        if not isinstance(t, (int, float)) or step is None:
+            return
+        if event.get("kind") == "train_begin":
+            self.anchor, self.latest = (t, step), None  # a new stepping (a restart, a resume) starts here
+            return
+        if event.get("kind") != "log" or not total:
+            return
+        if self.anchor is None:
+            self.anchor = (t, step)
+        self.latest = (t, step, total)
+        self.received = time.time()
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        if self.anchor is None or self.latest is None:
+            return None
+        (t0, step0), (t1, step1, total) = self.anchor, self.latest
+        if step1 <= step0 or t1 <= t0:
+            return None
+        left = (total - step1) * (t1 - t0) / (step1 - step0)
+        return max(0.0, left - ((now or time.time()) - self.received))
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA –:–"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"ETA {hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"ETA {rest // 60}:{rest % 60:02d}"
+
+
+class _EtaColumn(ProgressColumn):
+    def __init__(self, dashboard: "Dashboard"):
+        super().__init__()
+        self.dashboard = dashboard
+
+    def render(self, task) -> Text:
+        return Text(fmt_duration(self.dashboard.eta.seconds_left()), style="progress.remaining")
+
+
+def resume_text(resumed) -> Text:
+    """What a resumed run continues with: its parent's checkpoint and config, and what --set changed."""
+    inherited = config_summary(resumed.experiment, resumed.overrides) or "task.yaml as it was"
+    total = resumed.total_steps or "?"
+    text = Text(f"from {resumed.checkpoint} (step {resumed.checkpoint_step}/{total}) with its config: {inherited}")
+    for key, old, new in resumed.changes:
+        text.append(f"\n  --set {key}: {old!r} → {new!r}", style="yellow")
+    return text
+
+
+def config_summary(experiment: str | None, overrides: list[str]) -> str:
+    """`--exp NAME --set k=v ...` as the user would type it: how a run differs from task.yaml."""
+    parts = [f"--exp {experiment}"] if experiment else []
+    parts += [f"--set {item}" for item in overrides]
+    return " ".join(parts)
+
+
 def runs_table(rows: list[dict]) -> Table:
+    import json
+    from pathlib import Path
+
     table = Table(title=None, show_lines=False)
-    for column in ("run", "task", "host", "state", "step", "loss", "eval loss", "accuracy", "started"):
+    for column in ("run", "task", "host", "state", "step", "loss", "eval loss", "accuracy", "config", "started"):
         table.add_column(column, no_wrap=column in ("run", "started"))
     for row in rows:
         state = row.get("state") or "?"
@@ -125,13 +211,14 @@ def runs_table(rows: list[dict]) -> Table:
         step = f"{row.get('step') or 0}/{row.get('total_steps') or '?'}"
         table.add_row(
             row["run_id"],
-            row.get("task") or "",
+            Path(row["task_dir"]).name if row.get("task_dir") else row.get("task") or "",  # the folder's own name
             row.get("host") or "",
             f"[{STATE_STYLE.get(state, 'white')}]{shown_state}[/]",
             step,
             fmt_num(row.get("loss")),
             fmt_num(row.get("eval_loss")),
             fmt_num(row.get("accuracy"), 3),
+            Text(config_summary(row.get("experiment"), json.loads(row.get("overrides") or "[]"))),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
         )
     return table

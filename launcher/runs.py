@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-FINAL_STATES = ("succeeded", "failed", "stopped", "lost")
+# not_started: the laptop recorded the run, its start never answered, and the host made sure it never begins.
+FINAL_STATES = ("succeeded", "failed", "stopped", "lost", "not_started")
+STARTING = "starting"  # recorded before the host's start is called; settled by the next command
 
 
 @dataclass
@@ -44,6 +46,14 @@ class RunRecord:
     updated_at: float | None = None
     parent: str | None = None  # the run this one resumed
     accuracy: float | None = None  # the eval suite's, after training
+    experiment: str | None = None  # --exp (a resumed run: its parent's)
+    overrides: str | None = None  # the --set values in effect, a JSON list (a resumed run: its parent's + its own)
+
+    def override_list(self) -> list[str]:
+        try:
+            return list(json.loads(self.overrides or "[]"))
+        except ValueError:
+            return []
 
 
 def new_run_id(task: str, now: float | None = None) -> str:
@@ -77,6 +87,9 @@ class History:
         names = ", ".join(fields)
         marks = ", ".join("?" for _ in fields)
         self.db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({marks})", tuple(fields.values()))
+
+    def delete(self, run_id: str) -> None:
+        self.db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
     def update_state(self, run_id: str, state: dict) -> None:
         self.db.execute(
@@ -153,6 +166,37 @@ def fetch_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[
 
 def refresh_state(history: History, remote: Remote, record: RunRecord) -> dict:
     """Ask the host (the truth) for one run's state and cache it in the history."""
-    state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
+    if record.state in (STARTING, "not_started"):
+        state = settle_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
+    else:
+        state = fetch_states(remote, record.trainer_root, [record.run_id]).get(record.run_id, {})
     history.update_state(record.run_id, state)
     return state
+
+
+def settle_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[str, dict]:
+    """The state of runs whose start never answered: running (or ended) if it began, else `not_started`,
+    and then the host makes sure it never begins (see trainer/hostquery.py)."""
+    if not run_ids:
+        return {}
+    argv = remote.python_argv(trainer_root, "settle", *(remote.path("runs", r) for r in run_ids))
+    return {item["run_id"]: item for item in _json_lines(remote.run(argv).stdout)}
+
+
+def fetch_resume_info(remote: Remote, trainer_root: str, run_id: str) -> dict:
+    """The parent of a resume, as its host has it: run.json, state, latest complete checkpoint."""
+    argv = remote.python_argv(trainer_root, "resume-info", remote.path("runs", run_id))
+    replies = _json_lines(remote.run(argv).stdout)
+    return replies[-1] if replies else {"state": "not_found", "run_id": run_id}
+
+
+def _json_lines(text: str) -> list[dict]:
+    items = []
+    for line in (text or "").splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and "run_id" in item:
+            items.append(item)
+    return items

@@ -100,14 +100,18 @@ def _rsync_hint(stderr: str) -> str:
 # ---------------------------------------------------------------- push
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def task_name_of(task_dir: Path) -> str:
+    """The task's name on the host (and in run ids): the folder's name where it is safe in a path and a
+    shell word; otherwise a safe spelling of it plus a short hash of the real name, so "hr data" and
+    "hr-data" never share a mirror. The local folder keeps its name: results are pulled into it."""
     name = task_dir.resolve().name
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise GpurunError(
-            f"task name {name!r} has characters gpurun does not put on a host",
-            "rename the folder to letters, digits, '.', '_' and '-'",
-        )
-    return name
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    spelled = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")[:40] or "task"
+    return f"{spelled}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 @dataclass
