@@ -67,7 +67,9 @@ def token_checks(
     cache = state_dir(root) / "checked" / digest.hexdigest()[:32]
     if cache.is_file() and not show:
         return json.loads(cache.read_text())
-    argv = [sys.executable, "-m", "trainer", "validate", str(task_dir), "--show", str(show)]
+    from trainer.pushed import trainer_argv  # this launcher's trainer, never a trainer/ in the project folder
+
+    argv = trainer_argv(sys.executable, "validate", str(task_dir), "--show", str(show))
     for item in overrides:
         argv += ["--set", item]
     if experiment:

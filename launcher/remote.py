@@ -64,7 +64,13 @@ class Remote:
         is on the host's sys.path (see trainer/pushed.py); a relative root is taken from the login's home."""
         # The host's `env:` applies to these commands too (a PATH with its nvidia-smi, say); secrets never do.
         assignments = [f"{k}={v}" for k, v in self.host.env.items()]
-        return ["env", *assignments, *trainer_argv(self.host.python, *args, root=trainer_root)]
+        return ["env", *assignments, *trainer_argv(self.host_python(), *args, root=trainer_root)]
+
+    def host_python(self) -> str:
+        """`python:` as the host runs it. Quoted values never meet a shell's `~` expansion, and commands
+        start in the login's home, so `~/venvs/x/bin/python` is sent as `./venvs/x/bin/python`."""
+        python = self.host.python
+        return "./" + python[2:] if python.startswith("~/") else python
 
     def path(self, *parts: str) -> str:
         return "/".join([self.workdir.rstrip("/"), *parts])
@@ -85,6 +91,9 @@ class LocalRemote(Remote):
     def __init__(self, host: Host):
         self.host = host
         self.workdir = str(Path(host.workdir).expanduser())
+
+    def host_python(self):
+        return str(Path(self.host.python).expanduser())
 
     def run(self, argv, input=None, check=True):
         try:

@@ -64,8 +64,11 @@ class SSHServer:
         }
 
 
-def start_sshd(base: Path) -> SSHServer:
-    """Generate keys and a config under `base` and start sshd there (stopped by the caller)."""
+def start_sshd(base: Path, authorized_keys: str | None = None, allow_users: str | None = None) -> SSHServer:
+    """Generate keys and a config under `base` and start sshd there (stopped by the caller).
+
+    `authorized_keys`: sshd's AuthorizedKeysFile (default: one under `base`, for the test's own user;
+    another account needs one in its home, e.g. ".ssh/authorized_keys", which sshd reads as that user)."""
     base.mkdir(parents=True, exist_ok=True)
     for name in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
@@ -80,7 +83,8 @@ def start_sshd(base: Path) -> SSHServer:
                 f"Port {port}",
                 "ListenAddress 127.0.0.1",
                 f"HostKey {base / 'host_key'}",
-                f"AuthorizedKeysFile {base / 'authorized_keys'}",
+                f"AuthorizedKeysFile {authorized_keys or base / 'authorized_keys'}",
+                *([f"AllowUsers {allow_users}"] if allow_users else []),
                 f"PidFile {base / 'sshd.pid'}",
                 "StrictModes no",  # our keys live under /tmp
                 "UsePAM no",
