@@ -170,3 +170,32 @@ def test_stop_resume_merge_and_pull_merged_on_the_box(readme_box: ReadmeBox):
     local = readme_box.project / "tasks" / "hr" / "runs" / child
     assert (local / "merged" / "config.json").exists()
     assert ALIAS in (readme_box.laptop.home / ".ssh" / "config").read_text()  # the alias was what gpurun used
+
+
+def test_ssh_hints_name_what_the_alias_resolves_to(readme_box: ReadmeBox):
+    """`--host gpubox`, a name hosts.yaml does not have: ssh's alias alone says where and with which key, and the
+    hints must name its real HostName, Port and IdentityFile."""
+    ssh_dir = readme_box.laptop.home / ".ssh"
+    known = ssh_dir / "known_hosts"
+    saved = known.read_text()
+    known.write_text("")
+    try:
+        refused = readme_box.gpurun("push", "tasks/hr", "--host", ALIAS, GPURUN_SSH_MUX="0")
+    finally:
+        known.write_text(saved)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    port = readme_box.sshd.port
+    assert "is not known: refusing to connect" in refused.stderr
+    assert f"ssh-keyscan -p {port} 127.0.0.1 >> {known}" in refused.stderr, refused.stderr
+
+    config = ssh_dir / "config"
+    original = config.read_text()
+    readme_box.laptop.check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh_dir / "other_key")])
+    config.write_text(original.replace("~/.ssh/id_ed25519", "~/.ssh/other_key"))
+    try:
+        denied = readme_box.gpurun("push", "tasks/hr", "--host", ALIAS, GPURUN_SSH_MUX="0")
+    finally:
+        config.write_text(original)
+    assert denied.returncode == 1, denied.stdout + denied.stderr
+    assert f"as {BOX_USER}" in denied.stderr and "~/.ssh/other_key" in denied.stderr, denied.stderr
+    assert "Traceback" not in refused.stderr + denied.stderr
