@@ -30,13 +30,40 @@ class StopRequest:
     def __init__(self):
         self.requested = False
         signal.signal(signal.SIGTERM, self._request)
+        # The wrapper starts us with SIGTERM blocked: a stop that came while we imported is delivered here, now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
     def _request(self, _signum, _frame):
         self.requested = True
 
 
 def run(run_dir: Path) -> int:
+    """The run, then the trainer's own record of how it ended (trainer_exit): the run's state stays truthful when
+    the wrapper that writes exit_code was killed alone. A full disk is said as such, with the path."""
+    from trainer.hostside import is_disk_full, note_disk_full, write_trainer_exit
+
     run_dir = Path(run_dir).resolve()
+    rank = int(os.environ.get("RANK", "0"))
+    code = 1  # what an exception on the way out makes of the process
+    try:
+        code = _run(run_dir)
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+        raise
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc, run_dir):
+            raise
+        if rank == 0:  # instead of a traceback that could not be written anyway
+            note_disk_full(run_dir, getattr(exc, "filename", None))
+    finally:
+        write_trainer_exit(run_dir, rank, code)
+    return code
+
+
+def _run(run_dir: Path) -> int:
     workdir = run_dir.parent.parent
     stop = StopRequest()
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -54,6 +81,9 @@ def run(run_dir: Path) -> int:
         processes=world,
         **copy_info(),
     )
+    if stop.requested:  # stopped while starting: nothing to load, nothing to save
+        events.emit("stopped", step=0, checkpoint=None)
+        return EXIT_STOPPED
 
     # 1. The task, checked again here: the host's files are what will actually be trained on.
     config = config_from_dict(record["config"])

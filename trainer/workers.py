@@ -41,10 +41,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_workers(argv: list[str], env: dict, count: int, run_dir: Path, main_log: str, pass_fds: list[int]) -> int:
-    """Start `count` workers of argv and wait for all; returns the run's exit code (the first failure's)."""
+def run_workers(
+    argv: list[str],
+    env: dict,
+    count: int,
+    run_dir: Path,
+    main_log: str,
+    pass_fds: list[int],
+    stopping: list[int] | None = None,
+) -> int:
+    """Start `count` workers of argv and wait for all; returns the run's exit code (the first failure's).
+
+    `stopping` holds the signals that asked the run to stop so far (the caller's handler collected any that came
+    before the workers existed): they are forwarded as soon as the workers do.
+    """
     envs = worker_envs(env, count, free_port() if count > 1 else 0)
     logs = [open(run_dir / log_name(rank, main_log), "ab") for rank in range(count)]  # noqa: SIM115
+    # The workers start with SIGTERM blocked (a signal mask survives exec) and unblock it once their handler is in
+    # place (trainer/train.py's StopRequest): a stop while they still import is a clean stop, not a death.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     children = [
         subprocess.Popen(
             argv,
@@ -57,8 +72,9 @@ def run_workers(argv: list[str], env: dict, count: int, run_dir: Path, main_log:
         )
         for log, worker_env in zip(logs, envs, strict=True)
     ]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
-    stopping = []  # set once `gpurun stop` (SIGTERM) arrived: workers exiting then are not failures
+    stopping = stopping if stopping is not None else []  # once `gpurun stop` arrived, exits are not failures
 
     def forward(signum, frame):  # let the trainers save and exit; we stay to record how it ended
         if frame is not None:
@@ -71,6 +87,8 @@ def run_workers(argv: list[str], env: dict, count: int, run_dir: Path, main_log:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    if stopping:  # came while the workers were being started
+        forward(stopping[0], None)
     # Blocking wait: woken by the first worker to exit, so the one that failed first (the cause) is
     # told from the peers that fail a moment later because it left (a "connection reset"). Those
     # already gone when we wake are reaped together; a death by signal is taken as the cause.
