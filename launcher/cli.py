@@ -393,9 +393,15 @@ def stop(run, grace):
 
     root, history, record, remote = _run_and_remote(run)
     argv = remote.python_argv(record.trainer_root, "stop", remote.path("runs", record.run_id), str(grace))
-    state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
+    console = _console()
+    # The host's stop returns once the trainer has saved and exited: up to --grace seconds of silence.
+    waiting = f"stopping {record.run_id}: waiting for the checkpoint at the next step (SIGKILL after {grace:g}s)…"
+    if not console.is_terminal:
+        console.print(waiting)  # piped: one line; on a terminal, the spinner below says it
+    with console.status(waiting):
+        state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
     history.update_state(record.run_id, state)
-    _console().print(f"{record.run_id}: {state.get('state')}")
+    console.print(f"{record.run_id}: {state.get('state')}")
 
 
 @main.command()

@@ -6,6 +6,8 @@ import time
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn
+from rich.progress_bar import ProgressBar
+from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
@@ -61,6 +63,9 @@ class Dashboard:
         )
         self.bar = self.progress.add_task(run_id, total=None)
         self.eta = StepRate()
+        # After the last step (saving, samples, eval suite): what runs now, instead of a bar frozen at 100%.
+        self.phase: dict | None = None
+        self.spinner = Spinner("dots", style="cyan")
         self.live = Live(self._view(), console=console, refresh_per_second=4, transient=False)
         self.interactive = console.is_terminal
 
@@ -86,6 +91,10 @@ class Dashboard:
                 self.alarms.append(alarm)
                 self.console.print(Text(f"ALARM: {alarm}", style="bold red"), soft_wrap=True)
             self.latest.update({k: v for k, v in event.items() if v is not None})
+            if event.get("kind") == "phase":
+                self.phase = event
+            elif event.get("kind") in ("done", "error", "stopped", "train_begin"):
+                self.phase = None
             step, total = event.get("step"), event.get("total_steps")
             if total:
                 self.progress.update(self.bar, total=total)
@@ -118,12 +127,33 @@ class Dashboard:
             f"lr [bold]{fmt_num(latest.get('learning_rate'))}[/]",
             f"epoch {fmt_num(latest.get('epoch'), 3)}",
         )
-        parts = [self.progress, stats]
+        parts = [self._phase_view() if self.phase else self.progress, stats]
         for alarm in self.alarms[-3:]:
             parts.append(Text(f"⚠ {alarm}", style="red"))
         if self.status:
             parts.append(Text(self.status, style="yellow"))
         return Group(*parts)
+
+    def _phase_view(self):
+        """A spinner, what the trainer is doing now, and how far it is (2/4)."""
+        phase = self.phase
+        done, total = phase.get("done") or 0, phase.get("total") or 0
+        label = PHASE_LABELS.get(phase.get("phase"), str(phase.get("phase")))
+        trained = self.progress.tasks[0]
+        text = Text.assemble((f"{self.run_id} ", "bold"), f"{label} ", (f"{done}/{total}", "bold"))
+        text.append(f"   (training done: step {trained.completed:g}/{trained.total or '?'})", style="dim")
+        self.spinner.update(text=text)
+        row = Table.grid(padding=(0, 1))
+        row.add_row(self.spinner, ProgressBar(total=max(total, 1), completed=done, width=30))
+        return row
+
+
+PHASE_LABELS = {
+    "saving": "saving the adapter",
+    "samples": "sample generations",
+    "eval_suite": "eval suite, trained model",
+    "baseline": "eval suite, base model (adapter off)",
+}
 
 
 class StepRate:

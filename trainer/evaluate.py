@@ -33,31 +33,39 @@ def called_function(text: str) -> str | None:
     return call.get("name") if isinstance(call, dict) else None
 
 
-def suite_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int) -> dict:
-    """Share of rows whose reply calls the expected function."""
+def suite_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int, on_progress=None) -> dict:
+    """Share of rows whose reply calls the expected function. `on_progress(done)` after each row."""
     model.eval()
     correct = valid = 0
-    for row in rows:
+    for done, row in enumerate(rows, 1):
         name = called_function(generate(model, tokenizer, row["messages"], max_new_tokens))
         valid += name is not None
         correct += name == row["expected"]
+        if on_progress is not None:
+            on_progress(done)
     total = len(rows)
     return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total, "valid_json": valid}
 
 
-def write_samples(model, tokenizer, rows: list[dict], count: int, path: Path, max_new_tokens: int = 64) -> int:
-    """A few generations on eval prompts (chat rows), beside what was expected."""
+def sample_rows(rows: list[dict], count: int) -> list[dict]:
+    """The first `count` chat rows that end with an assistant turn: their prompt, and what was expected."""
+    usable = [r for r in rows if len(r.get("messages") or []) >= 2 and r["messages"][-1]["role"] == "assistant"]
+    return usable[:count]
+
+
+def write_samples(
+    model, tokenizer, rows: list[dict], count: int, path: Path, max_new_tokens: int = 64, on_progress=None
+) -> int:
+    """A few generations on eval prompts (chat rows), beside what was expected. `on_progress(done)` after each."""
     written = 0
     with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            if written >= count:
-                break
-            messages = row.get("messages") or []
-            if len(messages) < 2 or messages[-1]["role"] != "assistant":
-                continue
+        for row in sample_rows(rows, count):
+            messages = row["messages"]
             prompt = messages[:-1]
             reply = generate(model, tokenizer, prompt, max_new_tokens)
             sample = {"prompt": prompt[-1]["content"], "expected": messages[-1]["content"], "generated": reply}
             fh.write(json.dumps(sample, ensure_ascii=False) + "\n")
             written += 1
+            if on_progress is not None:
+                on_progress(written)
     return written

@@ -3,6 +3,8 @@
 One JSON object per line, appended and flushed at once, so a reader following byte offsets
 never sees half a record (it only consumes up to the last newline).
     {"t": 1700000000.0, "kind": "log"|"eval"|"save"|"start"|"done"|"error"|"alarm", "step": 10, "total_steps": 60, ...}
+After the last step, work that takes a while reports itself as it goes:
+    {"t": ..., "kind": "phase", "phase": "saving"|"samples"|"eval_suite"|"baseline", "done": 2, "total": 4}
 """
 
 import json
@@ -13,6 +15,7 @@ from pathlib import Path
 from trainer.checkpoints import mark_complete
 
 EVENTS_FILE = "events.jsonl"
+PHASE_EVERY_S = 0.5  # at most this often a phase event per item (an eval suite can have thousands of rows)
 
 
 class EventWriter:
@@ -30,6 +33,23 @@ class EventWriter:
             fh.write(line)
             fh.flush()
         return record
+
+
+def phase_progress(writer: EventWriter, phase: str, total: int, doing: str):
+    """Start a phase of the work after the last step: one readable line in train.log now, and `phase`
+    events as its items get done, so `logs -f` shows it moving rather than a bar frozen at 100%.
+    Returns `advance(done)`, to call after each item."""
+    print(f"[{phase}] {doing}", flush=True)
+    writer.emit("phase", phase=phase, done=0, total=total)
+    last = [time.monotonic()]
+
+    def advance(done: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= PHASE_EVERY_S:
+            last[0] = now
+            writer.emit("phase", phase=phase, done=done, total=total)
+
+    return advance
 
 
 def _any_process(flag: bool, device) -> bool:
@@ -58,8 +78,10 @@ def human_line(kind: str, step: int, total: int, logs: dict) -> str:
     return f"[{kind}] step {step}/{total} " + " ".join(parts)
 
 
-def events_callback(writer: EventWriter):
-    """A transformers TrainerCallback that mirrors logs, evals and saves into events.jsonl."""
+def events_callback(writer: EventWriter, after_save=None):
+    """A transformers TrainerCallback that mirrors logs, evals and saves into events.jsonl.
+
+    `after_save(checkpoint_dir)` finishes a checkpoint's files before it is marked complete."""
     from transformers import TrainerCallback
 
     class EventsCallback(TrainerCallback):
@@ -81,7 +103,10 @@ def events_callback(writer: EventWriter):
             # Called once the checkpoint is fully written: only now is it safe to resume from. With
             # several DDP processes rank 0 writes the model, so only its word counts.
             if state.is_world_process_zero:
-                mark_complete(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+                checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if after_save is not None:
+                    after_save(checkpoint)
+                mark_complete(checkpoint)
             writer.emit(
                 "save",
                 step=state.global_step,

@@ -8,16 +8,19 @@ from pathlib import Path
 
 from trainer.config import config_from_dict
 from trainer.model import resolve_base_model, torch_dtype
+from trainer.quiet import DEBUG_LOG, route_library_noise
 from trainer.tiny import default_cache_dir
 
 MERGED_DIR = "merged"
 
 
 def merge(run_dir: Path) -> int:
+    run_dir = Path(run_dir).resolve()
+    if run_dir.is_dir():  # the user reads our lines; "Loading weights" bars and warnings go beside train.log
+        route_library_noise(run_dir / DEBUG_LOG)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir = Path(run_dir).resolve()
     output = run_dir / "output"
     if not (output / "adapter_config.json").is_file():
         print(f"error: no adapter in {output}: the run has not finished, or trained without LoRA", flush=True)

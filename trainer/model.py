@@ -1,10 +1,11 @@
 """The base model and tokenizer: hub id, local path or builtin; dtype, quantization, LoRA spec."""
 
+import json
 import os
 from pathlib import Path
 
 from trainer.config import TaskConfig
-from trainer.tiny import ensure_tiny, is_builtin
+from trainer.tiny import LOCAL_TINY_DIR, ensure_tiny, is_builtin
 
 
 def resolve_base_model(config: TaskConfig, cache_dir: Path | None = None) -> str:
@@ -64,6 +65,35 @@ def load_model(config: TaskConfig, name_or_path: str, num_labels: int | None = N
     if config.task == "classification":
         return AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=num_labels, **kwargs)
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+
+
+def adapter_base_name(config: TaskConfig) -> str:
+    """What an adapter names as its base: the hub id or path the task gives; for builtin:tiny, the
+    folder `python -m trainer.tiny` builds in the current directory, wherever the adapter is loaded."""
+    if is_builtin(config.base_model):
+        return LOCAL_TINY_DIR
+    return config.base_model
+
+
+def name_the_base(adapter_dir: Path, config: TaskConfig) -> None:
+    """Make a saved adapter_config.json name the base as the user named it, not the folder the host
+    loaded it from (for builtin:tiny a cache that exists only on the box).
+
+    Done after PEFT saved, not by renaming the model before: PEFT's save looks the base up by that
+    name (a hub request per checkpoint for a name that is not a folder on the box).
+    """
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        adapter = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no adapter here (a full fine-tune)
+    name = adapter_base_name(config)
+    if adapter.get("base_model_name_or_path") == name:
+        return
+    adapter["base_model_name_or_path"] = name
+    staging = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    staging.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(staging, path)  # a checkpoint is never seen with half a config
 
 
 def lora_spec(config: TaskConfig):

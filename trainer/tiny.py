@@ -7,6 +7,10 @@ with a ChatML chat template carrying `{% generation %}` markers, and caches it o
 The BPE is trained with exactly Qwen2's normalizer, split regex and byte-level decoder, because
 `AutoTokenizer` on a folder whose config says `qwen2` rebuilds the tokenizer with those; any other
 pre-tokenizer would silently change the token ids between building and loading.
+
+An adapter trained on it names `builtin-tiny-v<N>` as its base: a folder in the current directory, which
+`python -m trainer.tiny` builds there (the same bytes as on the host), so that
+`AutoPeftModelForCausalLM.from_pretrained(<pulled run>)` loads on the laptop too.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 TINY_VERSION = "3"
 BUILTIN_PREFIX = "builtin:"
 KNOWN_BUILTINS = ("tiny",)
+LOCAL_TINY_DIR = f"builtin-tiny-v{TINY_VERSION}"  # the folder name in every cache, and in adapter_config.json
 
 QWEN2_SPLIT_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
@@ -83,7 +88,7 @@ def default_cache_dir(fallback: Path | None = None) -> Path:
 def ensure_tiny(cache_dir: Path | None = None) -> Path:
     """Return the folder of the built tiny model, building it once (atomically) if needed."""
     cache_dir = Path(cache_dir or default_cache_dir())
-    target = cache_dir / f"builtin-tiny-v{TINY_VERSION}"
+    target = cache_dir / LOCAL_TINY_DIR
     if (target / "config.json").exists():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -156,3 +161,9 @@ def _build_model(vocab_size: int):
     )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+if __name__ == "__main__":
+    # `python -m trainer.tiny`: the base that adapters trained on builtin:tiny name, built here.
+    built = ensure_tiny(Path.cwd())
+    print(f"builtin:tiny is in {built}; adapters trained on it load from this directory")

@@ -14,9 +14,10 @@ from pathlib import Path
 from trainer.checkpoints import latest_complete_checkpoint
 from trainer.config import TaskConfig, TaskError, config_from_dict
 from trainer.data import load_task_data
-from trainer.events import EVENTS_FILE, EventWriter, events_callback, stop_callback
-from trainer.model import load_model, load_tokenizer, resolve_base_model
+from trainer.events import EVENTS_FILE, EventWriter, events_callback, phase_progress, stop_callback
+from trainer.model import load_model, load_tokenizer, name_the_base, resolve_base_model
 from trainer.pushed import copy_info
+from trainer.quiet import debug_log_name, route_library_noise
 from trainer.tiny import default_cache_dir
 
 OUTPUT_DIR = "output"
@@ -69,6 +70,7 @@ def _run(run_dir: Path) -> int:
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     # With several GPUs the wrapper starts one process per GPU (DDP); rank 0 speaks for the run.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    route_library_noise(run_dir / debug_log_name(rank))  # before the libraries load: train.log is for people
     events = EventWriter(run_dir / EVENTS_FILE if rank == 0 else None)
     # Names only, never values: proof that the secrets arrived, safe to log.
     secrets = sorted(name for name in os.environ if name in SECRET_NAMES or name in record.get("secret_env", []))
@@ -130,7 +132,14 @@ def _run(run_dir: Path) -> int:
 
     output_dir = run_dir / OUTPUT_DIR
     stopper = stop_callback(lambda: stop.requested)
-    trainer = build_trainer(config, model, tokenizer, splits, output_dir, [events_callback(events), stopper])
+    trainer = build_trainer(
+        config,
+        model,
+        tokenizer,
+        splits,
+        output_dir,
+        [events_callback(events, lambda ckpt: name_the_base(ckpt, config)), stopper],
+    )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.requested or stopper.stopped:
         checkpoint = latest_complete_checkpoint(output_dir)
@@ -141,12 +150,15 @@ def _run(run_dir: Path) -> int:
         return 0  # the model is rank 0's to save and try out
 
     # 5. Save what `gpurun pull` brings home: adapter, tokenizer, state, resolved config.
+    saved = phase_progress(events, "saving", 1, f"writing the adapter, tokenizer and trainer state to {output_dir}")
     trainer.save_model(str(output_dir))
+    name_the_base(output_dir, config)
     tokenizer.save_pretrained(str(output_dir))
     trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     (output_dir / "task_config.json").write_text(json.dumps(record["config"], indent=2, ensure_ascii=False))
     if labels:
         (output_dir / "labels.json").write_text(json.dumps(labels, ensure_ascii=False))
+    saved(1)
     final = {"train_loss": result.training_loss}
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
     if evals:
@@ -154,18 +166,22 @@ def _run(run_dir: Path) -> int:
 
     # 6. How it does: sample generations, and the eval suite against its before-training figure.
     if config.task != "classification" and config.samples:
-        from trainer.evaluate import write_samples
+        from trainer.evaluate import sample_rows, write_samples
 
         prompts = splits["eval"] or splits["test"] or splits["train"]
-        written = write_samples(trainer.model, tokenizer, prompts, config.samples, output_dir / "samples.jsonl")
+        count = len(sample_rows(prompts, config.samples))
+        advance = phase_progress(events, "samples", count, f"generating {count} sample replies to eval prompts")
+        written = write_samples(
+            trainer.model, tokenizer, prompts, config.samples, output_dir / "samples.jsonl", on_progress=advance
+        )
         print(f"wrote {written} sample generations to {output_dir / 'samples.jsonl'}", flush=True)
-    suite = run_eval_suite(config, trainer.model, tokenizer, splits)
+    suite = run_eval_suite(config, trainer.model, tokenizer, splits, events, "eval_suite")
     if suite is not None:
         baseline = None
         if hasattr(trainer.model, "disable_adapter"):  # the base model is the adapter switched off
             # (measured after training: generating before it slowed the CPU training loop 15x here)
             with trainer.model.disable_adapter():
-                baseline = run_eval_suite(config, trainer.model, tokenizer, splits)["accuracy"]
+                baseline = run_eval_suite(config, trainer.model, tokenizer, splits, events, "baseline")["accuracy"]
         events.emit("eval_suite", step=trainer.state.global_step, baseline_accuracy=baseline, **suite)
         before = f" (base model without the adapter: {baseline:.3f})" if baseline is not None else ""
         print(f"eval suite: accuracy {suite['accuracy']:.3f}{before}", flush=True)
@@ -186,12 +202,15 @@ def check_tokens(config: TaskConfig, tokenizer, splits: dict) -> list:
     return report.problems
 
 
-def run_eval_suite(config: TaskConfig, model, tokenizer, splits: dict) -> dict | None:
+def run_eval_suite(config: TaskConfig, model, tokenizer, splits: dict, events: EventWriter, phase: str) -> dict | None:
     if not config.eval_suite or not splits["eval_suite"]:
         return None
     from trainer.evaluate import suite_accuracy
 
-    return suite_accuracy(model, tokenizer, splits["eval_suite"], config.eval_suite.max_new_tokens)
+    rows = splits["eval_suite"]
+    whose = "the base model without the adapter" if phase == "baseline" else "the trained model"
+    advance = phase_progress(events, phase, len(rows), f"{len(rows)} test requests, answered by {whose}")
+    return suite_accuracy(model, tokenizer, rows, config.eval_suite.max_new_tokens, on_progress=advance)
 
 
 def fail(events: EventWriter, problems: list, what: str) -> int:
