@@ -62,6 +62,8 @@ def main(argv: list[str]) -> int:
 
 def cmd_start(args: list[str]) -> int:
     run_dir = Path(args[0])
+    # A connection that drops now must not cut a start in half: it finishes, and the laptop finds the run.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     payload = json.load(sys.stdin)
     if training_python() is None:
         message, hint = no_stack_message()
@@ -129,6 +131,10 @@ def cmd_wrap(args: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, _frame: stopping.append(signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if not (run_dir / PID_FILE).exists():  # `start` died (its connection dropped) before it could write it
+        me = os.getpid()
+        info = {"pgid": os.getpgid(me), "pid": me, "marker": process_marker(me), "boot_id": boot_id()}
+        _write_atomic(run_dir / PID_FILE, json.dumps(info))
     record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     lock_fds = [int(fd) for fd in os.environ.pop(LOCK_FDS_ENV, "").split(",") if fd]
     env = dict(os.environ)
