@@ -250,7 +250,7 @@ def test_ctrl_c_stops_pip_on_the_host_and_leaves_the_venv_unused(bare_hosts, tmp
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-        wait_for(lambda: not pips_of(venv), 30, f"no pip of {venv} left running")
+        wait_for(lambda: not pips_of(venv), 30, f"no pip of {venv} left running; gpurun said: {out}{err}")
     finally:
         index.close()
     assert proc.returncode == 130, out + err

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from trainer.hostside import _reply, _write_atomic
@@ -48,15 +49,37 @@ PIP_STOP_GRACE_S = 5.0
 
 
 class _Stop(Exception):
-    """A signal asked this process to end (SIGTERM, SIGHUP; SIGINT is KeyboardInterrupt)."""
+    """A signal asked this process to end: Ctrl-C on the local host, the launcher's terminate(), SIGHUP."""
+
+
+_pip: subprocess.Popen | None = None  # the pip running now, for whoever has to stop it
+_stopping = False
+
+
+def _on_signal(signum, frame):
+    # Only a flag, checked between steps and several times a second while pip runs: an exception
+    # raised wherever the signal lands (inside a lock of queue.get, say) could escape as another
+    # error, or hit the cleanup itself, and leave pip running.
+    global _stopping
+    _stopping = True
+
+
+def _check_stop() -> None:
+    if _stopping:
+        raise _Stop()
 
 
 def main(args: list[str]) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     try:
         return _setup(args)
-    except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt, _Stop):
-        _quiet_stdout()  # the laptop is gone (or Ctrl-C on the local host): no traceback for no one
-        return LAPTOP_GONE
+    except (BrokenPipeError, ConnectionResetError, _Stop):
+        pass  # the laptop is gone (a write failed), or a signal came
+    if _pip is not None:
+        _stop_group(_pip)
+    _quiet_stdout()  # no traceback, no error for no one
+    return LAPTOP_GONE
 
 
 def _setup(args: list[str]) -> int:
@@ -87,10 +110,9 @@ def _setup(args: list[str]) -> int:
                 )
             return _fail(f"`{sys.executable} -m venv {venv}` failed: {output.splitlines()[-1] if output else ''}")
     for pip in pip_steps(str(python), pip_args, torch_pip_args, requirements):
+        _check_stop()
         _log(f"installing into {venv}: {' '.join(pip[pip.index('install') + 1 :])}")
         code = _run_pip(pip)
-        if code == LAPTOP_GONE:
-            return LAPTOP_GONE
         if code != 0:
             return _fail(
                 f"pip install failed (exit {code})",
@@ -109,18 +131,10 @@ def pip_steps(python: str, pip_args: list[str], torch_pip_args: list[str], requi
     return [*steps, [*pip, *pip_args, *requirements]]
 
 
-def _raise_stop(signum, frame):
-    raise _Stop(signum)
-
-
 def _run_pip(argv: list[str]) -> int:
-    """Run pip in its own process group, relaying its lines and a heartbeat. Returns pip's exit code,
-    or LAPTOP_GONE once the laptop is gone (a write fails) or a signal came: pip's group is stopped then."""
-    # Its own process group: one killpg reaches pip and anything it started (a build backend, say).
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        encoding="utf-8", errors="replace", start_new_session=True,
-    )  # fmt: skip
+    """Run pip in its own process group, relaying its lines and a heartbeat; returns pip's exit code.
+    A failed write (the laptop is gone) or a signal raises, and main() stops pip's group."""
+    global _pip
     lines: queue.Queue = queue.Queue()
 
     def relay() -> None:  # a thread, so the main one can write a heartbeat while pip is quiet
@@ -128,26 +142,28 @@ def _run_pip(argv: list[str]) -> int:
             lines.put(line)
         lines.put(None)
 
+    # Its own process group: one killpg reaches pip and anything it started (a build backend, say).
+    _pip = proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        encoding="utf-8", errors="replace", start_new_session=True,
+    )  # fmt: skip
     threading.Thread(target=relay, daemon=True).start()
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=HEARTBEAT_S)
-            except queue.Empty:
+    said = time.monotonic()
+    while True:
+        _check_stop()
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            if time.monotonic() - said >= HEARTBEAT_S:
                 _reply({"alive": 1})  # nothing to say, but it fails at once once no one listens
-                continue
-            if line is None:
-                return proc.wait()
-            _log(line.rstrip())
-    except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt, _Stop):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        _stop_group(proc)
-        _quiet_stdout()
-        return LAPTOP_GONE
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+                said = time.monotonic()
+            continue
+        if line is None:
+            code = proc.wait()
+            _pip = None
+            return code
+        _log(line.rstrip())
+        said = time.monotonic()
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -191,6 +207,7 @@ def _done(python: str, already: bool, mark: Path | None = None) -> int:
     report = json.loads(probe.stdout.strip().splitlines()[-1])
     report["already"] = already
     if mark is not None:
+        _check_stop()  # interrupted while verifying: the venv is left unmarked, like any cut-short setup
         _write_atomic(mark, json.dumps(report, indent=2))  # last step: from now on, runs use this venv
     _reply({"done": report})
     return 0
