@@ -208,7 +208,7 @@ def note_disk_full(run_dir: Path, path: str | None) -> str:
     """Say in train.log and events.jsonl that the disk is full, and where; the reserve makes room to say it."""
     run_dir = Path(run_dir)
     workdir = run_dir.parent.parent
-    free = max(0, free_bytes(run_dir) - (RESERVE_BYTES if (run_dir / RESERVE_FILE).exists() else 0))
+    free = free_bytes(run_dir)  # what the run had left, measured before the reserve is given back
     release_reserve(run_dir)
     message = f"{NO_SPACE}: could not write {path or run_dir} ({human_bytes(free)} free in {workdir})"
     hint = f"free some space in {workdir} (or lower training.save_total_limit), then train again"
