@@ -218,7 +218,8 @@ def probe_host(remote: Remote, read_gpu: bool) -> HostProbe:
     # The host's `env:` applies, as for every trainer command: a PATH with its nvidia-smi, say.
     env = [f"{k}={v}" for k, v in host.env.items()]
     marker = remote.path(VENV_DIR, READY_MARKER)
-    argv = ["env", *env, host.python, "-c", PROBE, marker, "smi" if read_gpu else "-", *TRAINING_STACK]
+    python = remote.host_python()  # a `~/...` python as the host runs it, like every trainer command
+    argv = ["env", *env, python, "-c", PROBE, marker, "smi" if read_gpu else "-", *TRAINING_STACK]
     proc = remote.run(argv, check=False)
     lines = proc.stdout.strip().splitlines()
     version = lines[0].strip() if lines else ""
