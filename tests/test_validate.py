@@ -38,8 +38,8 @@ def test_a_template_without_generation_markers_is_refused_clearly(local_project,
 
 def test_an_end_of_turn_token_outside_the_mask_is_refused(local_project, tmp_path):
     moved = CHAT_TEMPLATE.replace(
-        "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}",
-        "{%- generation -%}{{ message['content'] }}{%- endgeneration -%}{{ '<|im_end|>' }}",
+        "{{ '<|im_end|>' }}{%- endgeneration -%}",
+        "{%- endgeneration -%}{{ '<|im_end|>' }}",
     )
     assert moved != CHAT_TEMPLATE
     with_template(local_project, tmp_path, moved)

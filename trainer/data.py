@@ -15,10 +15,36 @@ from trainer.config import Problem, TaskConfig, TaskError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+# ShareGPT speakers: FastChat's human/gpt, and LLaMA-Factory's function_call / observation for tool use.
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
+# The columns each row shape reads: any other column is named in a notice, never dropped silently.
+USED_COLUMNS = {
+    "messages": {"messages", "tools"},
+    "sharegpt": {"conversations", "system", "tools"},
+    "alpaca": {"instruction", "input", "output", "system", "history"},
+    "prompt_completion": {"prompt", "completion", "tools"},
+    "text": {"text"},
+    "preference": {"prompt", "chosen", "rejected", "tools"},
+    "sharegpt_preference": {"conversations", "chosen", "rejected", "system", "tools"},
+    "classification": {"text", "label"},
+}
+PREFERENCE_FORMATS = ("preference", "sharegpt_preference")
 MAX_LISTED = 20
 SPLITS = ("train", "eval", "test")
 WHERE = "_where"  # each normalised row remembers its file:line, for errors found later (token checks)
+
+
+class BadRow(ValueError):
+    """What is wrong with one row, as the user reads it after `file:line: `."""
 
 
 def strip_where(rows: list[dict]) -> list[dict]:
@@ -65,20 +91,28 @@ def read_rows(path: Path, problems: list[Problem]) -> Iterator[tuple[int, object
 
 
 def detect_format(row: dict, config: TaskConfig) -> str | None:
-    if config.task in ("orpo", "dpo"):
-        return "preference" if {"chosen", "rejected"} <= row.keys() else None
+    """The row's shape, from its columns: TRL's, OpenAI's, ShareGPT / FastChat's, LLaMA-Factory's, Alpaca's."""
+    keys = row.keys()
     if config.task == "classification":
-        return "classification" if {"text", "label"} <= row.keys() else None
-    if "messages" in row:
+        return "classification" if {"text", "label"} <= keys else None
+    if {"chosen", "rejected"} <= keys:
+        return "sharegpt_preference" if "conversations" in keys else "preference"
+    if "messages" in keys:
         return "messages"
-    if "conversations" in row:
+    if "conversations" in keys:
         return "sharegpt"
-    if "instruction" in row and "output" in row:
+    if "instruction" in keys and "output" in keys:
         return "alpaca"
-    if config.data.prompt_column in row and config.data.response_column in row:
+    if {"prompt", "completion"} <= keys:
+        return "unpaired_preference" if "label" in keys else "prompt_completion"
+    if config.data.prompt_column in keys and config.data.response_column in keys:
         return "prompt_response"
-    if "text" in row:
+    if "text" in keys:
         return "text"
+    if "prompt" in keys:
+        return "prompt_only"
+    if "chosen" in keys or "rejected" in keys:
+        return "preference"  # half a pair: the check names the missing half
     return None
 
 
@@ -86,74 +120,349 @@ def check_row(row: object, fmt: str, config: TaskConfig) -> str | None:
     """Return what is wrong with one row in the given format, or None."""
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
+    try:
+        _normalised(row, fmt, config)
+    except BadRow as exc:
+        return str(exc)
+    return None
+
+
+def normalise(row: dict, fmt: str, config: TaskConfig) -> dict:
+    """One shape per family, for a row that passed check_row.
+
+    Chat rows (OpenAI / TRL messages, ShareGPT, Alpaca) -> {"messages", "tools"?}; prompt/completion ->
+    {"prompt", "completion", "tools"?} (strings stay strings, as TRL trains them; gpurun's own prompt/response
+    columns become chat turns); preference -> explicit {"prompt", "chosen", "rejected", "tools"?}.
+    """
+    return _normalised(row, fmt, config)
+
+
+def _normalised(row: dict, fmt: str, config: TaskConfig) -> dict:
+    task = config.task
+    if fmt == "unpaired_preference":
+        raise BadRow(
+            "unpaired preference rows (prompt, completion, label: KTO's shape) are not supported: "
+            "gpurun trains DPO and ORPO on pairs (prompt, chosen, rejected)"
+        )
+    if fmt == "prompt_only":
+        raise BadRow(
+            "a prompt-only row has no answer to train on (TRL uses them for online methods such as GRPO, "
+            "which gpurun does not run): add `completion`"
+        )
+    if task in ("orpo", "dpo") and fmt not in PREFERENCE_FORMATS:
+        raise BadRow(f"task {task} trains on preference pairs (`chosen` and `rejected`); this row is {fmt} data")
+    if fmt in PREFERENCE_FORMATS and task not in ("orpo", "dpo"):
+        raise BadRow(f"a preference row (`chosen`, `rejected`) needs task: dpo or orpo, not {task}")
+    if fmt == "classification":
+        _string(row, "text")
+        if row.get("label") is None or row.get("label") == "":
+            raise BadRow("missing `label`")
+        return {"text": row["text"], "label": row["label"]}
+    if fmt == "text":
+        return {"text": _string(row, "text")}
+    if fmt == "preference":
+        return _preference(row)
+    if fmt == "sharegpt_preference":
+        return _sharegpt_preference(row)
+    tools = _tools(row)
+    extra = {"tools": tools} if tools else {}
+    if fmt == "prompt_completion":
+        return {**_prompt_completion(row, tools), **extra}
+    if fmt == "prompt_response":
+        prompt = [{"role": "user", "content": _string(row, config.data.prompt_column)}]
+        answer = _string(row, config.data.response_column)
+        own_system = row.get("system") or config.data.system_prompt
+        if own_system:
+            if not isinstance(own_system, str):
+                raise BadRow(f"`system` must be a string, got {type(own_system).__name__}")
+            prompt.insert(0, {"role": "system", "content": own_system})
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": answer}]}
     if fmt == "messages":
-        return _check_messages(row.get("messages"), "messages")
-    if fmt == "sharegpt":
-        turns = row.get("conversations")
-        if not isinstance(turns, list):
-            return "`conversations` must be a list"
-        converted = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-                return f"conversations[{i}] needs `from` and `value`"
-            if turn["from"] not in SHAREGPT_ROLES:
-                return f"conversations[{i}]: unknown speaker {turn['from']!r} (use human, gpt or system)"
-            converted.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
-        return _check_messages(converted, "conversations")
-    required = {
-        "alpaca": ("instruction", "output"),
-        "prompt_response": (config.data.prompt_column, config.data.response_column),
-        "text": ("text",),
-        "preference": ("prompt", "chosen", "rejected"),
-        "classification": ("text",),
-    }[fmt]
-    for key in required:
-        if key not in row or row[key] is None:
-            return f"missing `{key}`"
-        if not isinstance(row[key], str):
-            return f"`{key}` must be a string, got {type(row[key]).__name__}"
-        if not row[key].strip():
-            return f"`{key}` is empty"
-    if fmt == "classification" and (row.get("label") is None or row.get("label") == ""):
-        return "missing `label`"
-    return None
+        messages = _messages(row.get("messages"), "messages", tools)
+    elif fmt == "sharegpt":
+        messages = _sharegpt_messages(row, tools)
+    elif fmt == "alpaca":
+        messages = _alpaca_messages(row)
+    else:
+        raise BadRow(f"unknown format {fmt!r}")
+    system = config.data.system_prompt
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return {"messages": messages, **extra}
 
 
-def _check_messages(messages: object, name: str) -> str | None:
-    if not isinstance(messages, list) or not messages:
-        return f"`{name}` must be a non-empty list"
+def _string(row: dict, key: str, allow_empty: bool = False) -> str:
+    if key not in row or row[key] is None:
+        raise BadRow(f"missing `{key}`")
+    if not isinstance(row[key], str):
+        raise BadRow(f"`{key}` must be a string, got {type(row[key]).__name__}")
+    if not allow_empty and not row[key].strip():
+        raise BadRow(f"`{key}` is empty")
+    return row[key]
+
+
+def _tools(row: dict) -> list[dict] | None:
+    """The row's functions as chat templates take them ({"type": "function", "function": {...}}), or None.
+
+    OpenAI, TRL and axolotl give a list; LLaMA-Factory a JSON string of bare function objects.
+    """
+    tools = row.get("tools")
+    if tools is None or tools in ("", []):
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as exc:
+            raise BadRow(f"`tools` is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(tools, list):
+        raise BadRow(f"`tools` must be a list of functions, got {type(tools).__name__}")
+    out = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise BadRow(f"tools[{i}] must be a function with a `name` (and a JSON-schema `parameters`)")
+        if not isinstance(function.get("parameters", {}), dict):
+            raise BadRow(f"tools[{i}]: `parameters` must be a JSON schema object")
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _tool_call(call: object, where: str, names: set[str] | None) -> dict:
+    """One call as chat templates take it: arguments parsed to an object (OpenAI sends a JSON string)."""
+    # OpenAI nests the call under "function"; LLaMA-Factory's function_call value and some TRL rows do not.
+    function = call.get("function", call) if isinstance(call, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise BadRow(f"{where}: a tool call needs a function `name`")
+    if names is None:
+        raise BadRow(f"{where}: calls {name!r} but the row has no `tools` list naming the functions")
+    if name not in names:
+        raise BadRow(f"{where}: calls {name!r}, which is not in `tools` ({', '.join(sorted(names))})")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            raise BadRow(
+                f"{where}: the arguments of {name!r} are not valid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+    if not isinstance(arguments, dict):
+        raise BadRow(f"{where}: the arguments of {name!r} must be a JSON object, got {type(arguments).__name__}")
+    out = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if isinstance(call.get("id"), str):
+        out["id"] = call["id"]
+    return out
+
+
+def _messages(raw: object, name: str, tools: list[dict] | None, offset: int = 0) -> list[dict]:
+    """Checked chat messages, normalised: tool calls parsed, `weight: 0` kept on the turns not to train."""
+    if not isinstance(raw, list) or not raw:
+        raise BadRow(f"`{name}` must be a non-empty list")
+    names = {t["function"]["name"] for t in tools} if tools else None
+    out: list[dict] = []
     previous = None
-    for i, message in enumerate(messages):
+    for i, message in enumerate(raw):
+        where = f"{name}[{i + offset}]"
         if not isinstance(message, dict):
-            return f"{name}[{i}] must be an object with role and content"
+            raise BadRow(f"{where} must be an object with role and content")
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            return f"{name}[{i}]: unknown role {role!r} (use {', '.join(ROLES)})"
+        if not isinstance(role, str) or role not in ROLES:
+            raise BadRow(f"{where}: unknown role {role!r} (use {', '.join(ROLES)})")
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if calls:
+            if not isinstance(calls, list):
+                raise BadRow(f"{where}: `tool_calls` must be a list")
+            calls = [_tool_call(c, f"{where}.tool_calls[{j}]", names) for j, c in enumerate(calls)]
+            content = "" if content is None else content  # OpenAI: null (or absent) beside tool calls
         if not isinstance(content, str):
-            return f"{name}[{i}]: `content` must be a string"
-        if not content.strip() and role != "system":
-            return f"{name}[{i}]: empty {role} message"
+            got = "null" if content is None else type(content).__name__
+            raise BadRow(f"{where}: `content` must be a string, got {got}")
+        if not content.strip() and role != "system" and not calls:
+            raise BadRow(f"{where}: empty {role} message")
         if role == "system" and i != 0:
-            return f"{name}[{i}]: a system message may only come first"
-        if role == "assistant" and previous not in ("user", "tool"):
-            return f"{name}[{i}]: an assistant turn must follow a user turn"
+            raise BadRow(f"{where}: a system message may only come first")
+        if role == "assistant" and previous not in ("user", "tool", "system"):
+            raise BadRow(f"{where}: an assistant turn must follow a user turn")
         if role == "user" and previous == "user":
-            return f"{name}[{i}]: two user turns in a row"
+            raise BadRow(f"{where}: two user turns in a row")
+        if role == "tool" and not (previous == "tool" or (previous == "assistant" and out[-1].get("tool_calls"))):
+            raise BadRow(f"{where}: a tool result must follow an assistant turn with `tool_calls`")
+        normal = {"role": role, "content": content}
+        if calls:
+            normal["tool_calls"] = calls
+        if role == "tool":
+            normal.update({k: message[k] for k in ("tool_call_id", "name") if isinstance(message.get(k), str)})
+        if message.get("weight") is not None:  # (a hub dataset's Arrow rows carry null for an absent key)
+            weight = message["weight"]
+            if role != "assistant":
+                raise BadRow(f"{where}: `weight` is for assistant turns only")
+            if weight not in (0, 1) or isinstance(weight, bool):
+                raise BadRow(f"{where}: `weight` must be 0 (not trained) or 1 (trained), got {weight!r}")
+            if weight == 0:
+                normal["weight"] = 0
+        out.append(normal)
         previous = role
-    if not any(m["role"] == "assistant" for m in messages):
-        return f"`{name}` has no assistant turn: nothing to train on"
-    return None
+    answers = [m for m in out if m["role"] == "assistant"]
+    if not answers:
+        raise BadRow(f"`{name}` has no assistant turn: nothing to train on")
+    if all(m.get("weight") == 0 for m in answers):
+        raise BadRow(f"every assistant turn in `{name}` has weight 0: nothing to train on")
+    return out
+
+
+def _top_system(row: dict) -> list[dict]:
+    system = row.get("system")
+    if system is None or system == "":
+        return []
+    if not isinstance(system, str):
+        raise BadRow(f"`system` must be a string, got {type(system).__name__}")
+    return [{"role": "system", "content": system}]
+
+
+def _sharegpt_turn(turn: object, where: str) -> dict:
+    if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+        raise BadRow(f"{where} needs `from` and `value`")
+    speaker, value = turn["from"], turn["value"]
+    if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
+        raise BadRow(f"{where}: unknown speaker {speaker!r} (use human, gpt, system, function_call or observation)")
+    if speaker != "function_call":
+        return {"role": SHAREGPT_ROLES[speaker], "content": value}
+    # LLaMA-Factory: the value is the call as JSON, {"name", "arguments"}, or a list of them (parallel calls).
+    try:
+        calls = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as exc:
+        raise BadRow(f"{where}: the function call is not valid JSON: {exc.msg} (column {exc.colno})") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
+def _sharegpt_messages(row: dict, tools: list[dict] | None, turns: object = None) -> list[dict]:
+    turns = row.get("conversations") if turns is None else turns
+    if not isinstance(turns, list):
+        raise BadRow("`conversations` must be a list")
+    system = _top_system(row)
+    if system and turns and isinstance(turns[0], dict) and turns[0].get("from") == "system":
+        raise BadRow("both a top-level `system` and a system turn: keep one")
+    converted = [_sharegpt_turn(t, f"conversations[{i}]") for i, t in enumerate(turns)]
+    return _messages(system + converted, "conversations", tools, offset=-len(system))
+
+
+def _alpaca_messages(row: dict) -> list[dict]:
+    """System, then the history pairs (trained, as LLaMA-Factory does), then instruction + input -> output."""
+    instruction, output = _string(row, "instruction"), _string(row, "output")
+    extra = row.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise BadRow(f"`input` must be a string, got {type(extra).__name__}")
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise BadRow("`history` must be a list of [instruction, response] pairs")
+    messages = _top_system(row)
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) and s.strip() for s in pair)):
+            raise BadRow(f"history[{i}] must be a pair of non-empty strings [instruction, response]")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    user = instruction + (f"\n\n{extra}" if extra else "")
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    return _messages(messages, "row", None)
+
+
+def _prompt_completion(row: dict, tools: list[dict] | None) -> dict:
+    """TRL's prompt-completion rows: standard (two strings) or conversational (two lists of messages)."""
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if not completion.strip():
+            raise BadRow("`completion` is empty")
+        return {"prompt": prompt, "completion": completion}
+    if not (isinstance(prompt, list) and isinstance(completion, list)):
+        raise BadRow("`prompt` and `completion` must both be strings, or both be lists of messages")
+    if not prompt or not completion:
+        raise BadRow("`prompt` and `completion` must not be empty")
+    messages = _messages(prompt + completion, "prompt+completion", tools)
+    if messages[len(prompt)]["role"] != "assistant":
+        raise BadRow("`completion` must start with an assistant turn")
+    return {"prompt": messages[: len(prompt)], "completion": messages[len(prompt) :]}
+
+
+def _preference(row: dict) -> dict:
+    """TRL's four preference shapes -> explicit prompt; strings stay strings (TRL trains them as plain text)."""
+    for key in ("chosen", "rejected"):
+        if row.get(key) is None:
+            raise BadRow(f"missing `{key}` (a preference row needs both `chosen` and `rejected`)")
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if prompt is None:
+            prompt, chosen, rejected = _common_prefix_prompt(chosen, rejected)
+        elif not isinstance(prompt, str):
+            raise BadRow("`prompt` must be a string like `chosen` and `rejected`")
+        if not prompt.strip():
+            raise BadRow("`prompt` is empty" if "prompt" in row else "`chosen` and `rejected` share no prompt")
+        for key, text in (("chosen", chosen), ("rejected", rejected)):
+            if not text.strip():
+                raise BadRow(f"`{key}` is empty")
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        raise BadRow("`chosen` and `rejected` must both be strings, or both be lists of messages")
+    tools = _tools(row)
+    if prompt is None:  # implicit prompt: the turns both conversations share
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if not isinstance(prompt, list) or not prompt:
+        raise BadRow("`prompt` must be a non-empty list of messages like `chosen` and `rejected`")
+    out = {"prompt": None, "chosen": None, "rejected": None}
+    for key, answer in (("chosen", chosen), ("rejected", rejected)):
+        messages = _messages(prompt + answer, f"prompt+{key}", tools)
+        if not answer or messages[len(prompt)]["role"] != "assistant":
+            raise BadRow(f"`{key}` must start with an assistant turn")
+        out["prompt"], out[key] = messages[: len(prompt)], messages[len(prompt) :]
+    return {**out, **({"tools": tools} if tools else {})}
+
+
+def _common_prefix_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """TRL's extract_prompt for strings: the shared start is the prompt (a space before the split stays out)."""
+    cut = 0
+    while cut < min(len(chosen), len(rejected)) and chosen[cut] == rejected[cut]:
+        cut += 1
+    if cut and chosen[cut - 1] == " ":
+        cut -= 1
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _sharegpt_preference(row: dict) -> dict:
+    """LLaMA-Factory: `conversations` is the prompt; `chosen` and `rejected` are one answer turn each."""
+    tools = _tools(row)
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise BadRow("`conversations` must be a non-empty list (the prompt)")
+    out: dict = {}
+    for key in ("chosen", "rejected"):
+        answer = row[key]
+        if not isinstance(answer, dict) or "value" not in answer:
+            raise BadRow(f'`{key}` must be one turn, {{"from": "gpt", "value": ...}}')
+        messages = _sharegpt_messages(row, tools, turns + [{"from": answer.get("from", "gpt"), **answer}])
+        if messages[-1]["role"] != "assistant":
+            raise BadRow(f"`{key}` must be an assistant turn (from: gpt)")
+        out["prompt"], out[key] = messages[:-1], messages[-1:]
+    return {**out, **({"tools": tools} if tools else {})}
 
 
 def load_split(
-    task_dir: Path, files: list[str], config: TaskConfig, problems: list[Problem], load_hub: bool = True
+    task_dir: Path,
+    files: list[str],
+    config: TaskConfig,
+    problems: list[Problem],
+    load_hub: bool = True,
+    notices: list[str] | None = None,
 ) -> list[dict]:
     """Read, check and normalise the rows of one split; record every problem in `problems`.
 
     `load_hub=False` (the launcher's light check) leaves `hub:` datasets to the token checks and the host.
+    Columns the detected format does not read are named in `notices`.
     """
     rows: list[dict] = []
     seen_formats: dict[str, str] = {}
+    shapes: dict[str, set[str]] = {}
     for name in files:
         if name.startswith("hub:"):
             if load_hub:
@@ -170,6 +479,7 @@ def load_split(
         file_format = None if config.data.format == "auto" else config.data.format
         local: list[Problem] = []
         count = 0
+        unused: set[str] = set()
         for line, row in read_rows(path, local):
             count += 1
             where = f"{shown}:{line}"
@@ -179,11 +489,17 @@ def load_split(
                 continue
             if file_format is None:
                 file_format = fmt
-            problem = check_row(row, file_format, config)
-            if problem:
-                local.append(Problem(where, problem))
+            if not isinstance(row, dict):
+                local.append(Problem(where, f"expected a JSON object, got {type(row).__name__}"))
                 continue
-            rows.append({**normalise(row, file_format, config), WHERE: where})
+            try:
+                normal = _normalised(row, file_format, config)
+            except BadRow as exc:
+                local.append(Problem(where, str(exc)))
+                continue
+            unused.update(k for k in row if k not in _used_columns(file_format, config))
+            shapes.setdefault(shown, set()).add(_shape(normal))
+            rows.append({**normal, WHERE: where})
         for p in local:  # read_rows names the real path; show it as the user wrote it
             p.where = p.where.replace(str(path), shown)
         problems.extend(local)
@@ -191,8 +507,11 @@ def load_split(
             problems.append(Problem(shown, "no rows", "add at least one example"))
         if file_format:
             seen_formats[shown] = file_format
-    if len(set(_family(f) for f in seen_formats.values())) > 1:
-        listing = ", ".join(f"{f} is {fmt}" for f, fmt in seen_formats.items())
+        if unused and notices is not None:
+            names = ", ".join(f"`{k}`" for k in sorted(map(str, unused))[:8])
+            notices.append(f"{shown}: column(s) {names} not used by the {file_format} format: ignored")
+    if len(set().union(*shapes.values()) if shapes else ()) > 1:
+        listing = ", ".join(f"{f} is {fmt} ({', '.join(sorted(shapes.get(f, ())))})" for f, fmt in seen_formats.items())
         problems.append(Problem(files[0], f"mixed data formats: {listing}", "convert them to one format"))
     return rows
 
@@ -205,12 +524,24 @@ def _unreadable_here(path: Path) -> bool:
     return importlib.util.find_spec("pyarrow") is None
 
 
-_FORMAT_HINT = "rows need messages, conversations, instruction/output, prompt/response or text"
+_FORMAT_HINT = (
+    "rows need messages, conversations, instruction/output, prompt/completion, prompt/response, "
+    "chosen/rejected or text (see README: data formats)"
+)
 
 
-def _family(fmt: str) -> str:
-    # These all become chat messages, so mixing them is harmless.
-    return "chat" if fmt in ("messages", "sharegpt", "alpaca") else fmt
+def _used_columns(fmt: str, config: TaskConfig) -> set[str]:
+    if fmt == "prompt_response":
+        return {config.data.prompt_column, config.data.response_column, "system"}
+    return USED_COLUMNS.get(fmt, set())
+
+
+def _shape(normal: dict) -> str:
+    """What a normalised row trains as. SFT rows are all tokenized up front, so any of them mix; preference
+    rows of strings (plain text) and of messages (chat template) do not."""
+    if "chosen" in normal:
+        return "preference strings" if isinstance(normal["chosen"], str) else "preference messages"
+    return "classification" if "label" in normal else "sft"
 
 
 def _keys(row) -> str:
@@ -219,33 +550,6 @@ def _keys(row) -> str:
 
 def _shown(task_dir: Path, name: str) -> str:
     return str(Path(task_dir) / name)
-
-
-def normalise(row: dict, fmt: str, config: TaskConfig) -> dict:
-    """One shape per family: chat rows -> messages; prompt/response -> prompt/completion turns."""
-    system = config.data.system_prompt
-    if fmt == "messages":
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-    elif fmt == "sharegpt":
-        messages = [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]
-    elif fmt == "alpaca":
-        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-    elif fmt == "prompt_response":
-        prompt = [{"role": "user", "content": row[config.data.prompt_column]}]
-        own_system = row.get("system") or system
-        if own_system:
-            prompt.insert(0, {"role": "system", "content": own_system})
-        return {"prompt": prompt, "completion": [{"role": "assistant", "content": row[config.data.response_column]}]}
-    elif fmt == "preference":
-        return {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
-    elif fmt == "classification":
-        return {"text": row["text"], "label": row["label"]}
-    else:
-        return {"text": row["text"]}
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    return {"messages": messages}
 
 
 def _load_hub(spec: str, config: TaskConfig, problems: list[Problem]) -> list[dict]:
@@ -269,10 +573,15 @@ def _load_hub(spec: str, config: TaskConfig, problems: list[Problem]) -> list[di
     return out
 
 
-def load_task_data(task_dir: Path, config: TaskConfig, load_hub: bool = True) -> dict[str, list[dict]]:
+def load_task_data(
+    task_dir: Path, config: TaskConfig, load_hub: bool = True, notices: list[str] | None = None
+) -> dict[str, list[dict]]:
     """All splits, checked; raises TaskError listing every bad row (capped) with the total count."""
     problems: list[Problem] = []
-    splits = {split: load_split(task_dir, getattr(config.data, split), config, problems, load_hub) for split in SPLITS}
+    splits = {
+        split: load_split(task_dir, getattr(config.data, split), config, problems, load_hub, notices)
+        for split in SPLITS
+    }
     splits["eval_suite"] = load_eval_suite(task_dir, config, problems)
     if problems:
         total = len(problems)

@@ -7,6 +7,7 @@ LoRA (and QLoRA, the model being loaded quantized) comes in as a peft config; `l
 every weight.
 """
 
+import json
 from pathlib import Path
 
 from trainer.config import TaskConfig
@@ -88,8 +89,18 @@ def sft(config, model, tokenizer, splits, args, has_eval, callbacks):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    train = Dataset.from_list(strip_where(splits["train"]))
-    chat = "messages" in train.column_names
+    from trainer.tokens import mask_of, training_chat_template
+
+    rows = splits["train"] + (splits["eval"] if has_eval else [])
+    chat = any("messages" in r or isinstance(r.get("completion"), list) for r in rows)
+    template = training_chat_template(tokenizer) if chat else None
+
+    def tokenized(rows: list[dict]):
+        # Tokenized here, exactly as the token checks saw each row (tools, tool calls and `weight: 0` included),
+        # so TRL only builds labels from the mask and truncates; Arrow never sees the rows' nested tool schemas.
+        pairs = [mask_of(r, tokenizer, template) for r in rows]
+        return Dataset.from_dict({"input_ids": [p[0] for p in pairs], "assistant_masks": [p[1] for p in pairs]})
+
     t = config.training
     # TRL does not truncate padding-free batches without packing; the token checks have already
     # refused any example longer than max_length in that case.
@@ -99,13 +110,14 @@ def sft(config, model, tokenizer, splits, args, has_eval, callbacks):
         max_length=None if unpacked_padding_free else t.max_length,
         packing=t.packing,
         padding_free=t.padding_free,
-        assistant_only_loss=chat,  # prompt/completion rows get completion-only loss by TRL's default
+        # The mask is in the tokenized rows' `assistant_masks`, which TRL applies to the labels as it is.
+        assistant_only_loss=False,
     )
     return SFTTrainer(
         model=model,
         args=sft_args,
-        train_dataset=train,
-        eval_dataset=Dataset.from_list(strip_where(splits["eval"])) if has_eval else None,
+        train_dataset=tokenized(splits["train"]),
+        eval_dataset=tokenized(splits["eval"]) if has_eval else None,
         processing_class=tokenizer,
         peft_config=lora_spec(config),
         callbacks=callbacks,
@@ -113,15 +125,14 @@ def sft(config, model, tokenizer, splits, args, has_eval, callbacks):
 
 
 def _preference_rows(rows: list[dict]) -> list[dict]:
-    """Conversational form, so TRL applies the model's chat template to prompt and answers."""
-    return [
-        {
-            "prompt": [{"role": "user", "content": r["prompt"]}],
-            "chosen": [{"role": "assistant", "content": r["chosen"]}],
-            "rejected": [{"role": "assistant", "content": r["rejected"]}],
-        }
-        for r in rows
-    ]
+    """Explicit prompt, as data.normalise made it: strings train as plain text, messages through the chat template,
+    as TRL does. Tools go as a JSON string, which TRL reads, so Arrow never merges different functions' schemas."""
+    out = []
+    for r in strip_where(rows):
+        if "tools" in r:
+            r["tools"] = json.dumps(r["tools"], ensure_ascii=False)
+        out.append(r)
+    return out
 
 
 def preference(config, model, tokenizer, splits, args, has_eval, callbacks):

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the built artifact changes, so stale caches are never reused.
-TINY_VERSION = "3"
+TINY_VERSION = "4"
 BUILTIN_PREFIX = "builtin:"
 KNOWN_BUILTINS = ("tiny",)
 LOCAL_TINY_DIR = f"builtin-tiny-v{TINY_VERSION}"  # the folder name in every cache, and in adapter_config.json
@@ -33,12 +33,41 @@ QWEN2_SPLIT_REGEX = (
 
 # ChatML, as Qwen uses it. The assistant turn's content *and* its <|im_end|> sit inside the
 # generation block: that is what assistant-only loss trains, so the model learns to stop.
+# Tools as Qwen2.5 / Qwen3 render them: the functions as JSON lines inside <tools></tools> in the system
+# turn, each call as {"name", "arguments"} inside <tool_call></tool_call> in the (trained) assistant turn,
+# and tool results as <tool_response> blocks in a user turn (consecutive results share one), not trained.
 CHAT_TEMPLATE = (
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] + '\\n\\n' }}{%- endif -%}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{%- for tool in tools -%}{{ '\\n' + (tool | tojson) }}{%- endfor -%}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, '
+    '\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\' }}'
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
+    "{%- if message['role'] == 'system' and tools and loop.first -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
     "{{ '<|im_start|>assistant\\n' }}"
-    "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
+    "{%- generation -%}"
+    "{{ message['content'] or '' }}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    "{%- set call = call['function'] if call['function'] is defined else call -%}"
+    "{%- if not loop.first or message['content'] -%}{{ '\\n' }}{%- endif -%}"
+    "{{ '<tool_call>\\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' }}"
+    "{%- if call['arguments'] is string -%}{{ call['arguments'] }}"
+    "{%- else -%}{{ call['arguments'] | tojson }}{%- endif -%}"
+    "{{ '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{{ '<|im_end|>' }}"
+    "{%- endgeneration -%}"
     "{{ '\\n' }}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{ '<|im_start|>user' }}{%- endif -%}"
+    "{{ '\\n<tool_response>\\n' + message['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
     "{%- else -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif -%}"

@@ -22,6 +22,8 @@ class TokenReport:
     previews: list[list[tuple[str, bool]]] = field(default_factory=list)  # (text piece, trained?)
     eot_trained: bool | None = None  # None: not applicable (no masking for this task)
     eot_token: str | None = None
+    lost_trained: int = 0  # examples of which max_length cuts off trained tokens
+    eot_trained_untruncated: bool = False  # whether the end-of-turn token would be trained without max_length
 
     def percentiles(self) -> dict[str, int]:
         if not self.lengths:
@@ -32,6 +34,10 @@ class TokenReport:
             return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
         return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": ordered[-1]}
+
+    def suggested_max_length(self) -> int | None:
+        """The max_length that keeps 99% of the examples whole."""
+        return self.percentiles().get("p99")
 
 
 def training_chat_template(tokenizer) -> str | None:
@@ -58,28 +64,80 @@ def training_chat_template(tokenizer) -> str | None:
 
 
 def mask_of(row: dict, tokenizer, template: str | None) -> tuple[list[int], list[int]]:
-    """(input ids, 1 where the token is trained) for one normalised row, as the SFT trainer builds it."""
+    """(input ids, 1 where the token is trained) for one normalised row: what the SFT trainer trains on.
+
+    Chat rows: the assistant turns (tool calls included) inside the template's generation markers, minus the
+    turns with OpenAI's `weight: 0`. Conversational prompt/completion: the completion. Standard (string)
+    prompt/completion and plain text, as TRL trains them: text + EOS, the completion (and EOS) alone trained.
+    """
+    tools = row.get("tools")
     if "messages" in row:
         out = tokenizer.apply_chat_template(
             row["messages"],
+            tools=tools,
             chat_template=template,
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=True,
         )
-        return list(out["input_ids"]), list(out["assistant_masks"])
+        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+        return ids, _unweighted(row["messages"], mask)
+    if "completion" in row and isinstance(row["completion"], str):
+        eos = tokenizer.eos_token or ""
+        prompt = list(tokenizer(row["prompt"])["input_ids"])
+        full = list(tokenizer(row["prompt"] + row["completion"] + eos)["input_ids"])
+        start = _common_prefix(prompt, full)  # as TRL: the completion starts where the two tokenizations part
+        return full, [0] * start + [1] * (len(full) - start)
     if "completion" in row:
         prompt = tokenizer.apply_chat_template(
-            row["prompt"], chat_template=template, tokenize=True, return_dict=True, add_generation_prompt=True
+            row["prompt"],
+            tools=tools,
+            chat_template=template,
+            tokenize=True,
+            return_dict=True,
+            add_generation_prompt=True,
         )["input_ids"]
         full = tokenizer.apply_chat_template(
-            row["prompt"] + row["completion"], chat_template=template, tokenize=True, return_dict=True
+            row["prompt"] + row["completion"], tools=tools, chat_template=template, tokenize=True, return_dict=True
         )["input_ids"]
-        return list(full), [0] * len(prompt) + [1] * (len(full) - len(prompt))
+        start = _common_prefix(list(prompt), list(full))
+        return list(full), [0] * start + [1] * (len(full) - start)
     ids = list(tokenizer(row["text"])["input_ids"])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)  # TRL appends EOS to language-modelling rows
     return ids, [1] * len(ids)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _unweighted(messages: list[dict], mask: list[int]) -> list[int]:
+    """The mask with the assistant turns marked `weight: 0` taken out.
+
+    Each assistant turn is one run of trained tokens (the template puts untrained role tokens between two
+    turns), so the k-th run is the k-th assistant turn.
+    """
+    weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
+    if all(weights):
+        return mask
+    runs = [i for i in range(len(mask)) if mask[i] and (i == 0 or not mask[i - 1])]
+    if len(runs) != len(weights):
+        raise ValueError(
+            f"the chat template marks {len(runs)} trained spans for {len(weights)} assistant turns, "
+            "so `weight: 0` cannot be applied turn by turn"
+        )
+    out = list(mask)
+    for start, weight in zip(runs, weights, strict=True):
+        end = start
+        while end < len(out) and mask[end]:
+            if not weight:
+                out[end] = 0
+            end += 1
+    return out
 
 
 def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0) -> TokenReport:
@@ -87,11 +145,17 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0)
     max_length = config.training.max_length
     if config.task in ("orpo", "dpo", "classification"):
         for row in rows:  # lengths only: these recipes mask on their own terms
-            text = row.get("text") or f"{row.get('prompt', '')} {row.get('chosen', '')}"
-            report.lengths.append(len(tokenizer(text)["input_ids"]))
+            if isinstance(row.get("chosen"), list):  # conversational preference: through the chat template
+                ids = tokenizer.apply_chat_template(
+                    row["prompt"] + row["chosen"], tools=row.get("tools"), tokenize=True, return_dict=True
+                )["input_ids"]
+            else:
+                text = row.get("text") or f"{row.get('prompt', '')} {row.get('chosen', '')}"
+                ids = tokenizer(text)["input_ids"]
+            report.lengths.append(len(ids))
         report.truncated = sum(1 for n in report.lengths if n > max_length)
         return report
-    chat = any("messages" in row or "completion" in row for row in rows)
+    chat = any("messages" in row or isinstance(row.get("completion"), list) for row in rows)
     try:
         template = training_chat_template(tokenizer) if chat else None
     except ValueError as exc:
@@ -101,11 +165,19 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0)
     report.eot_token = tokenizer.convert_ids_to_tokens(eot) if eot is not None else None
     report.eot_trained = False
     for row in rows:
-        ids, mask = mask_of(row, tokenizer, template)
+        try:
+            ids, mask = mask_of(row, tokenizer, template)
+        except ValueError as exc:
+            report.problems.append(Problem(row.get("_where", "?"), str(exc), "drop `weight` or fix the template"))
+            continue
         report.lengths.append(len(ids))
         if len(ids) > max_length:
             report.truncated += 1
         kept_ids, kept_mask = ids[:max_length], mask[:max_length]
+        if sum(kept_mask) < sum(mask):
+            report.lost_trained += 1
+        if eot is not None and any(t == eot and m for t, m in zip(ids, mask, strict=True)):
+            report.eot_trained_untruncated = True
         if not any(kept_mask):
             beyond = f"every trained token lies beyond max_length {max_length}"
             reason = "no trained tokens" if not any(mask) else beyond
@@ -125,14 +197,22 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0)
                 "set training.packing: true, raise max_length, or shorten those examples",
             )
         )
-    if eot is not None and rows and not report.eot_trained:
-        report.problems.append(
-            Problem(
-                "chat template",
-                f"the end-of-turn token {report.eot_token!r} is never trained: the model would not learn to stop",
-                "put it inside {% generation %}...{% endgeneration %} in the chat template",
+    if eot is not None and report.lengths and not report.eot_trained:
+        never = f"the end-of-turn token {report.eot_token!r} is never trained: the model would not learn to stop"
+        if report.eot_trained_untruncated:  # the template is fine: max_length cuts every answer's end off
+            report.problems.append(
+                Problem(
+                    "training.max_length",
+                    f"{never}, because max_length {max_length} cuts off the end of every answer",
+                    f"raise training.max_length (to {report.suggested_max_length()} it keeps 99% of examples whole)",
+                )
             )
-        )
+        else:
+            report.problems.append(
+                Problem(
+                    "chat template", never, "put it inside {% generation %}...{% endgeneration %} in the chat template"
+                )
+            )
     return report
 
 
