@@ -84,12 +84,12 @@ def test_an_adapter_names_the_base_as_the_task_names_it():
 
 def test_a_saved_adapter_config_is_rewritten_to_the_name_and_nothing_else_changes(tmp_path):
     config = config_from_dict({"base_model": "builtin:tiny", "data": {"train": ["t.jsonl"]}})
-    saved = {"base_model_name_or_path": "/box/cache/models/builtin-tiny-v3", "r": 16, "peft_type": "LORA"}
+    saved = {"base_model_name_or_path": f"/box/cache/models/{LOCAL_TINY_DIR}", "r": 16, "peft_type": "LORA"}
     (tmp_path / "adapter_config.json").write_text(json.dumps(saved))
     name_the_base(tmp_path, config)
     assert json.loads((tmp_path / "adapter_config.json").read_text()) == {
         **saved,
-        "base_model_name_or_path": "builtin-tiny-v3",
+        "base_model_name_or_path": LOCAL_TINY_DIR,
     }
     assert [p.name for p in tmp_path.iterdir()] == ["adapter_config.json"], "a staging file was left behind"
     name_the_base(tmp_path / "no-adapter-here", config)  # a full fine-tune has no adapter_config.json
