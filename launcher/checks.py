@@ -5,7 +5,7 @@ from pathlib import Path
 
 from launcher.errors import GpurunError
 from trainer.config import TASK_FILE, Problem, TaskConfig, TaskError, load_task
-from trainer.data import load_task_data
+from trainer.data import SUFFIXES, load_task_data
 
 
 @dataclass
@@ -20,7 +20,7 @@ def check_task(task_dir: Path, overrides: tuple[str, ...] = (), experiment: str 
     notices: list[str] = []
     try:
         config = load_task(task_dir, overrides=overrides, experiment=experiment, notices=notices)
-        splits = load_task_data(task_dir, config, load_hub=False)  # datasets is the trainer's, not ours
+        splits = load_task_data(task_dir, config, load_hub=False, notices=notices)  # datasets is the trainer's
     except TaskError as exc:
         raise task_error(exc, task_dir) from None
     except OSError as exc:
@@ -32,13 +32,38 @@ def task_error(exc: TaskError, task_dir: Path) -> GpurunError:
     problems = exc.problems
     hints = [p.hint for p in problems if p.hint]
     if len(problems) == 1:
-        return GpurunError(str(problems[0]), problems[0].hint or f"see README: {TASK_FILE}")
+        return GpurunError(str(problems[0]), problems[0].hint or default_hint(problems[0]))
     counted = len([p for p in problems if p.where])
     return GpurunError(
         f"{task_dir}: {counted} problems",
         hints[0] if len(set(hints)) == 1 else f"fix them, then check again: gpurun validate {task_dir}",
         details=[str(p) + (f"  ({p.hint})" if p.hint else "") for p in problems],
     )
+
+
+def warnings_of(checked: CheckedTask, report: dict | None) -> list[str]:
+    """What `validate --strict` refuses besides errors: notices (renamed keys, columns no format reads) and
+    examples that max_length truncates."""
+    found = list(checked.notices)
+    if report and report.get("truncated"):
+        lost = f", {report['lost_trained']} losing trained tokens" if report.get("lost_trained") else ""
+        found.append(f"{report['truncated']} example(s) longer than max_length {report['max_length']}{lost}")
+    return found
+
+
+def default_hint(problem: Problem) -> str:
+    """For a problem that brought no hint of its own: a data row points at the row shapes, not at task.yaml."""
+    if not problem.where.partition(":")[0].lower().endswith(SUFFIXES):
+        return f"see README: {TASK_FILE}"
+    return "fix that row: the README shows one row of each data format (see README: task.yaml, data)"
+
+
+def data_paths(config: TaskConfig) -> list[str]:
+    """The task's own data files as task.yaml names them (not hub: datasets): what a push must always carry."""
+    names = [name for split in ("train", "eval", "test") for name in getattr(config.data, split)]
+    if config.eval_suite and config.eval_suite.file:
+        names.append(config.eval_suite.file)
+    return sorted({name for name in names if not name.startswith("hub:")})
 
 
 def token_checks(

@@ -106,7 +106,7 @@ def push(task, host):
     Example:
       gpurun push tasks/hr --host a100
     """
-    from launcher.checks import check_task
+    from launcher.checks import check_task, data_paths
     from launcher.hosts import resolve_host
     from launcher.launch import push as do_push
     from launcher.launch import resolve_task_dir
@@ -118,11 +118,11 @@ def push(task, host):
     task_dir = resolve_task_dir(root, task, History(root))
     target = resolve_host(root, host)
     task_name_of(task_dir)
-    check_task(task_dir)  # nothing is pushed for an invalid task
+    data_files = data_paths(check_task(task_dir).config)  # nothing is pushed for an invalid task
     console = _console()
-    console.print(push_plan_text(task_dir, plan_push(task_dir)))
+    console.print(push_plan_text(task_dir, plan_push(task_dir, data_files)))
     with _progress(console, f"push {task_dir.name} → {target.name}") as on_progress:
-        dest = do_push(root, task_dir, target, on_progress)
+        dest = do_push(root, task_dir, target, on_progress, data_files)
     console.print(f"pushed [bold]{task_dir}[/] to {target.name}:{dest}")
 
 
@@ -437,7 +437,8 @@ def merge(run):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Check with this override.")
 @click.option("--exp", "experiment", help="Check with tasks/<task>/experiments/<NAME>.yaml overlaid.")
 @click.option("--show", default=0, metavar="N", help="Render N examples with the trained tokens highlighted.")
-def validate(task, overrides, experiment, show):
+@click.option("--strict", is_flag=True, help="Exit 1 on any warning too (notices, truncated examples): for CI.")
+def validate(task, overrides, experiment, show, strict):
     """Check a task's config and every data row, on this machine, without touching a host.
 
     With the training stack installed here (and the tokenizer at hand: always for builtin:tiny),
@@ -447,10 +448,11 @@ def validate(task, overrides, experiment, show):
     Example:
       gpurun validate tasks/hr --set training.learning_rate=1e-4
       gpurun validate tasks/demo --show 2
+      gpurun validate tasks/hr --strict
     """
-    from launcher.checks import check_task, token_checks
+    from launcher.checks import check_task, token_checks, warnings_of
     from launcher.launch import resolve_task_dir
-    from launcher.render import token_report_text
+    from launcher.render import plain, token_report_text
     from launcher.runs import History
 
     root = _root()
@@ -458,15 +460,22 @@ def validate(task, overrides, experiment, show):
     checked = check_task(task_dir, overrides, experiment)
     console = _console()
     for notice in checked.notices:
-        console.print(f"[yellow]notice:[/] {notice}")
+        console.print(f"[yellow]notice:[/] {plain(notice)}")
     report = token_checks(root, task_dir, overrides, experiment, show=show)
     counts = ", ".join(f"{n} {split}" for split, n in checked.counts.items() if n)
     config = checked.config
-    console.print(f"[green]ok[/] {task_dir}: {config.task} on {config.base_model}; rows: {counts}")
+    console.print(f"[green]ok[/] {plain(task_dir)}: {config.task} on {plain(config.base_model)}; rows: {counts}")
     if report is None:
         console.print("token checks: the training stack is not installed here; the host runs them")
     else:
         console.print(token_report_text(report))
+    warnings = warnings_of(checked, report)
+    if strict and warnings:
+        raise GpurunError(
+            f"--strict: {len(warnings)} warning(s)",
+            "fix them, or run without --strict to accept them",
+            details=warnings,
+        )
 
 
 @main.command()

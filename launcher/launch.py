@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from launcher import __version__
-from launcher.checks import CheckedTask, check_task, task_error, token_checks
+from launcher.checks import CheckedTask, check_task, data_paths, task_error, token_checks
 from launcher.errors import GpurunError, host_error
 from launcher.hosts import Host, resolve_host
 from launcher.project import state_dir
@@ -57,10 +57,10 @@ def remember_task(root: Path, task_dir: Path, history: History) -> None:
     history.set_meta(LAST_TASK, str(shown))
 
 
-def push(root: Path, task_dir: Path, host: Host, on_progress=None) -> str:
+def push(root: Path, task_dir: Path, host: Host, on_progress=None, data_files=()) -> str:
     """Mirror a task (checked by the caller: nothing is pushed for an invalid one) to the host."""
     remote = remote_for(host)
-    dest = push_task(remote, task_dir, on_progress)
+    dest = push_task(remote, task_dir, on_progress, data_files)
     remember_task(root, task_dir, History(root))
     return dest
 
@@ -97,7 +97,7 @@ def launch(
         all_overrides = list(overrides)
         lap("check")
         # 2. Sync the task (a no-op when nothing changed) and this launcher's trainer.
-        push_task(remote, task_dir)
+        push_task(remote, task_dir, data_files=data_paths(checked.config))
         trainer_root = push_trainer(remote)
     else:
         # 1-2. A resume asks the parent's host first (with this launcher's trainer, which knows how):
@@ -111,7 +111,7 @@ def launch(
         # No laptop token checks here: the parent passed them, and the host checks every example's
         # tokens again with this exact config before it loads the model.
         lap("check")
-        push_task(remote, task_dir)
+        push_task(remote, task_dir, data_files=data_paths(checked.config))
     remember_task(root, task_dir, history)
     lap("push")
 

@@ -271,6 +271,14 @@ def push_plan_text(task_dir, plan) -> Text:
     return text
 
 
+def plain(value) -> str:
+    """A value from the user's files, safe to put in a rich markup string: `[/x]` prints as written, and a
+    string that is not valid Unicode (a lone surrogate) prints as its escape instead of failing the output."""
+    from rich.markup import escape
+
+    return escape(str(value).encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
 def token_report_text(report: dict) -> Text:
     text = Text()
     for notice in report.get("notices", []):
@@ -281,6 +289,11 @@ def token_report_text(report: dict) -> Text:
         text.append(f"tokens per example: {shown} (max_length {report['max_length']}); ")
         style = "yellow" if report["truncated"] else ""
         text.append(f"{report['truncated']} of {report['rows']} would be truncated", style=style)
+        if report.get("lost_trained"):
+            text.append(f", {report['lost_trained']} of them losing trained tokens", style="yellow")
+        suggested = report.get("suggested_max_length")
+        if report["truncated"] and suggested and suggested > report["max_length"]:
+            text.append(f"; max_length {suggested} would keep 99% of them whole", style="yellow")
     if report.get("eot_token") is not None:
         trained = "trained" if report.get("eot_trained") else "NOT trained"
         text.append(f"\nend-of-turn token {report['eot_token']}: {trained}")

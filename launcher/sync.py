@@ -6,6 +6,7 @@ there can never reach runs/), trainer/<version>/trainer/ is this launcher's trai
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -33,11 +34,15 @@ def rsync_argv(
     ignore_files: tuple[str, ...] = (),
     progress: bool = False,
     partial: bool = True,
+    follow_links: bool = False,
+    files_from: str | None = None,
 ) -> list[str]:
     argv = [
         "rsync",
         "--recursive",
-        "--links",  # copy symlinks as symlinks, never follow them out of the tree
+        # copy symlinks as symlinks, never follow them out of the tree; except for the data files task.yaml
+        # names (follow_links, with files_from listing them): the host needs their content, not a dangling link
+        "--copy-links" if follow_links else "--links",
         "--times",  # keep mtimes: the next sync compares by size+mtime and skips unchanged files
         "--perms",
         "--compress",
@@ -53,6 +58,8 @@ def rsync_argv(
         argv += [f"--filter=:- {name}"]  # per-directory ignore files, gitignore-style
     for pattern in excludes:
         argv += [f"--exclude={pattern}"]
+    if files_from is not None:
+        argv += [f"--files-from={files_from}"]  # exactly these paths (relative to src), their folders implied
     if delete:
         argv += ["--delete"]  # only ever used on the task mirror, never on a run directory
     argv += [src, dst]
@@ -127,20 +134,61 @@ class PushPlan:
 LARGE_EXCLUDED = 1 << 20  # excluded files from this size up are worth a mention
 
 
-def plan_push(task_dir: Path) -> PushPlan:
-    """The files the push's own filters let through (an rsync dry run), with sizes."""
-    task_dir = task_dir.resolve()
+def mirrored_names(task_dir: Path) -> set[str]:
+    """The files the mirror's own filters let through (an rsync dry run on this machine)."""
     with tempfile.TemporaryDirectory() as scratch:
         argv = rsync_argv(f"{task_dir}/", f"{scratch}/x/", excludes=ALWAYS_EXCLUDED, ignore_files=IGNORE_FILES)
         argv[1:1] = ["--dry-run", "--out-format=%n"]
         proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise GpurunError(f"cannot list {task_dir}: {proc.stderr.strip()[-200:]}", "check the folder's permissions")
-    included = {line for line in proc.stdout.splitlines() if line and not line.endswith("/")}
+    return {line for line in proc.stdout.splitlines() if line and not line.endswith("/")}
+
+
+def held_back(task_dir: Path, data_files, mirrored: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """Data files task.yaml names that the plain mirror would not carry as content, and what to keep out of
+    the mirror for them: (files to send as content, mirror excludes). A file is held back when the ignore
+    rules exclude it (data is often gitignored for its size) or when it, or a folder on its way, is a symlink
+    (the mirror copies links as links: the host would get a dangling one). Validate refuses paths outside."""
+    task_dir = Path(task_dir).resolve()
+    send: list[str] = []
+    excludes: set[str] = set()
+    for name in data_files:
+        rel = os.path.normpath(name)
+        if os.path.isabs(rel) or rel.split(os.sep)[0] == ".." or not (task_dir / rel).is_file():
+            continue
+        parts = Path(rel).parts
+        linked = next((i for i in range(1, len(parts) + 1) if task_dir.joinpath(*parts[:i]).is_symlink()), None)
+        if linked is not None:
+            # kept out of the mirror, so it never sends the link over the content (or --delete the content)
+            excludes.add("/" + _literal("/".join(parts[:linked])))
+        else:
+            mirrored = mirrored_names(task_dir) if mirrored is None else mirrored
+            if rel in mirrored:
+                continue
+            # an ignored file is not touched by the mirror's --delete (rsync protects excluded files)
+        send.append(rel)
+    return sorted(send), sorted(excludes)
+
+
+def _literal(path: str) -> str:
+    """A path as an rsync filter pattern that matches only itself (wildcard characters escaped)."""
+    return re.sub(r"([\\*?\[])", r"\\\1", path)
+
+
+def plan_push(task_dir: Path, data_files=()) -> PushPlan:
+    """The files the push will send (an rsync dry run of its own filters, plus the named data files it
+    sends as content), with sizes."""
+    task_dir = task_dir.resolve()
+    included = mirrored_names(task_dir)
+    send, _ = held_back(task_dir, data_files, included)
+    included |= set(send)
     sizes = {}
     for path in task_dir.rglob("*"):
         if path.is_file() and not path.is_symlink():
             sizes[str(path.relative_to(task_dir))] = path.stat().st_size
+    for name in send:
+        sizes[name] = (task_dir / name).stat().st_size  # a symlink's content
     sent = {name: sizes.get(name, 0) for name in included}
     excluded = {
         name: size
@@ -151,21 +199,47 @@ def plan_push(task_dir: Path) -> PushPlan:
     return PushPlan(len(sent), sum(sent.values()), by_size[:3], sorted(excluded.items(), key=lambda i: -i[1])[:5])
 
 
-def push_task(remote: Remote, task_dir: Path, on_progress=None) -> str:
-    """Mirror the task dir to <workdir>/tasks/<task>/; returns the host path."""
+def push_task(remote: Remote, task_dir: Path, on_progress=None, data_files=()) -> str:
+    """Mirror the task dir to <workdir>/tasks/<task>/; returns the host path.
+
+    The data files task.yaml names always arrive as content (held_back): what validate read is what the
+    host trains on. They go in a second transfer only when the mirror would not carry them."""
     name = task_name_of(task_dir)
     dest = remote.path("tasks", name)
+    send, held_excludes = held_back(task_dir, data_files)
     argv = rsync_argv(
         f"{task_dir.resolve()}/",
         remote.rsync_path(dest + "/"),
         rsh=remote.rsh_argv(),
         delete=True,
-        excludes=ALWAYS_EXCLUDED,
+        excludes=(*held_excludes, *ALWAYS_EXCLUDED),
         ignore_files=IGNORE_FILES,
         progress=on_progress is not None,
     )
+    argv = _excludes_first(argv, held_excludes)
     run_rsync(argv, f"push of {task_dir}", on_progress, remote.host)
+    if send:
+        with tempfile.NamedTemporaryFile("w", suffix=".files") as listing:
+            listing.write("\n".join(send) + "\n")
+            listing.flush()
+            argv = rsync_argv(
+                f"{task_dir.resolve()}/",
+                remote.rsync_path(dest + "/"),
+                rsh=remote.rsh_argv(),
+                follow_links=True,
+                files_from=listing.name,
+            )
+            run_rsync(argv, f"push of {task_dir}'s data files", host=remote.host)
     return dest
+
+
+def _excludes_first(argv: list[str], patterns) -> list[str]:
+    """Move these --exclude rules before the ignore files' rules: rsync's first matching rule wins, and a
+    .gitignore `!data/train.jsonl` must not bring a held-back file back into the mirror."""
+    rules = [f"--exclude={p}" for p in patterns]
+    rest = [a for a in argv if a not in rules]
+    first_filter = next((i for i, a in enumerate(rest) if a.startswith("--filter=")), len(rest) - 2)
+    return rest[:first_filter] + rules + rest[first_filter:]
 
 
 def trainer_version() -> str:

@@ -5,8 +5,12 @@ the very same code again on the resolved config. Every problem is collected and 
 each naming the file, the line and the key, with a hint.
 """
 
+import codecs
 import dataclasses
 import difflib
+import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,41 @@ OPTIMIZERS = (
     "sgd",
 )
 STRATEGIES = ("no", "steps", "epoch")
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seed, which transformers' set_seed also sets, takes no more
+
+# What each scheduler accepts in lr_scheduler_kwargs: transformers' get_scheduler passes them on to the
+# schedule function (its signature, minus what the Trainer fills in itself), or drops them silently for
+# the constant ones. Kept here as data so the laptop checks without torch; a test holds this table
+# against the installed transformers' and torch's signatures. Value: key -> the kind of value it takes.
+SCHEDULER_KWARGS: dict[str, dict[str, str]] = {
+    "linear": {},
+    "cosine": {"num_cycles": "number"},
+    "cosine_with_restarts": {"num_cycles": "number"},
+    "polynomial": {"lr_end": "number", "power": "number"},
+    "constant": {},
+    "constant_with_warmup": {},
+    "inverse_sqrt": {"timescale": "int"},
+    "reduce_lr_on_plateau": {
+        "mode": "min|max",
+        "factor": "number",
+        "patience": "int",
+        "threshold": "number",
+        "threshold_mode": "rel|abs",
+        "cooldown": "int",
+        "min_lr": "number",
+        "eps": "number",
+    },
+    "cosine_with_min_lr": {"num_cycles": "number", "min_lr": "number", "min_lr_rate": "number"},
+    # num_stable_steps is left out: the Trainer always passes num_training_steps, and the two exclude each other.
+    "warmup_stable_decay": {
+        "num_decay_steps": "int",
+        "warmup_type": "linear|cosine|1-sqrt",
+        "decay_type": "linear|cosine|1-sqrt",
+        "min_lr_ratio": "number",
+        "num_cycles": "number",
+    },
+}
+TINY_LAYERS = 2  # builtin:tiny's decoder layers (tiny_module_names); a test holds it to the real model
 
 
 @dataclass
@@ -75,6 +114,8 @@ class DataConfig:
     """Held-out files for the sample generations and the eval suite."""
     format: str = choice(*DATA_FORMATS, default="auto")
     """Row format; `auto` detects it per file and rejects a mix."""
+    encoding: str = "utf-8"
+    """Text encoding of the data files: utf-8, or e.g. cp1252 / latin-1 for a CSV saved by a spreadsheet."""
     eval_split: float = 0.0
     """Fraction of the training rows held out for evaluation when `eval` is empty."""
     prompt_column: str = "prompt"
@@ -286,7 +327,7 @@ def load_task(
             continue
         try:
             value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = text
         if not _settable(raw, key.strip()):
             continue  # its parent is not a mapping: that is reported below, against the file
@@ -352,7 +393,10 @@ def set_path(raw: dict, dotted: str, value: Any) -> None:
 
 def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
     """Parse YAML, and remember the line of every key so errors can point at it."""
-    text = path.read_text(encoding="utf-8")
+    text = decode_text(path.read_bytes(), path, "utf-8")
+    if _bracket_depth(text) > MAX_YAML_DEPTH:  # PyYAML takes seconds per thousand levels before it gives up
+        hint = "a task is a few levels deep: is this the right file?"
+        raise TaskError([Problem(str(path), f"not valid YAML: nested more than {MAX_YAML_DEPTH} levels deep", hint)])
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -362,21 +406,83 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         problem = Problem(f"{path}{line}", f"not valid YAML: {reason}", "check indentation and quoting")
         raise TaskError([problem]) from None
+    except RecursionError:
+        raise TaskError(
+            [Problem(str(path), "not valid YAML: nested too deeply", "a task is a few levels deep")]
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TaskError([Problem(f"{path}:1", "the file must be a mapping of keys", "see README: task.yaml")])
     lines: dict[str, int] = {}
+    duplicates: list[Problem] = []
+    seen: set[int] = set()  # an alias repeats a node: walk it once (a "billion laughs" file stays cheap)
 
     def walk(n, prefix):
-        if isinstance(n, yaml.MappingNode):
-            for key_node, value_node in n.value:
-                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
+        if not isinstance(n, yaml.MappingNode) or id(n) in seen:
+            return
+        seen.add(id(n))
+        here: dict[str, int] = {}
+        for key_node, value_node in n.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a complex key: the schema reports it as an unknown key
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key_node.value in here and key_node.value != "<<":
+                # PyYAML keeps the last one silently: the user edited one and the other wins.
+                duplicates.append(
+                    Problem(
+                        f"{path}:{line}",
+                        f"`{key}` appears twice (first on line {here[key_node.value]})",
+                        "remove one of them: YAML would keep only the last",
+                    )
+                )
+            here.setdefault(key_node.value, line)
+            lines.setdefault(key, line)
+            walk(value_node, key)
 
     walk(node, "")
+    if duplicates:
+        raise TaskError(duplicates)
     return data, {k: f"{path}:{v}" for k, v in lines.items()}
+
+
+MAX_YAML_DEPTH = 100
+
+
+def _bracket_depth(text: str) -> int:
+    """How deep [ and { nest outside quoted strings (a cheap upper bound of the YAML's flow nesting)."""
+    unquoted = re.sub(r'"(?:\\.|[^"\\])*"|\'[^\']*\'', "", text)
+    depth = deepest = 0
+    for char in unquoted:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def decode_text(data: bytes, path: Path | str, encoding: str) -> str:
+    """Bytes -> text, or a Problem naming the first byte that is not `encoding`, by line and column."""
+    try:
+        # utf-8-sig: a byte-order mark (Excel and Notepad write one) is not part of the first row
+        return data.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = data[exc.start : exc.start + 1].hex()
+        hint = (
+            "save the file as UTF-8, or set data.encoding (e.g. cp1252 for a CSV saved by Excel on Windows)"
+            if str(path).lower().endswith((".csv", ".jsonl", ".json"))
+            else "save the file as UTF-8"
+        )
+        problem = Problem(
+            f"{path}:{line}",
+            f"not valid {encoding}: byte 0x{byte} at column {column} (byte {exc.start} of the file)",
+            hint,
+        )
+        raise TaskError([problem]) from None
 
 
 def _where(path: Path, lines: dict[str, str], key: str) -> str:
@@ -458,6 +564,11 @@ def _coerce(value, annotation, fld, dotted, where, problems):
             Problem(where(dotted), f"expected {annotation.__name__}, got {value!r}", f"example: {_example(annotation)}")
         )
         return _default(fld)
+    if isinstance(coerced, float) and not math.isfinite(coerced):
+        problems.append(
+            Problem(where(dotted), f"must be a finite number, got {value!r}", f"example: {_example(float)}")
+        )
+        return _default(fld)
     choices = fld.metadata.get("choices")
     if choices and coerced not in choices:
         close = difflib.get_close_matches(str(coerced), choices, n=1, cutoff=0.6)
@@ -515,6 +626,15 @@ def _check_semantics(config: TaskConfig, where, problems: list[Problem]) -> None
         problems.append(Problem(where("base_model"), "missing", "e.g. base_model: Qwen/Qwen3-4B, or builtin:tiny"))
     elif config.base_model.startswith("builtin:") and config.base_model != "builtin:tiny":
         problems.append(Problem(where("base_model"), f"unknown builtin {config.base_model!r}", "use builtin:tiny"))
+    elif not config.base_model.startswith("builtin:") and not _model_name_ok(config.base_model):
+        shown = repr(config.base_model[:60]) + ("..." if len(config.base_model) > 60 else "")
+        problems.append(
+            Problem(
+                where("base_model"),
+                f"{shown} is neither a hub id (owner/name) nor a path",
+                "e.g. Qwen/Qwen3-4B, /models/my-model, ./my-model, or builtin:tiny",
+            )
+        )
     if not config.data.train:
         problems.append(Problem(where("data.train"), "no training data", "data: {train: [data/train.jsonl]}"))
     t = config.training
@@ -553,3 +673,176 @@ def _check_semantics(config: TaskConfig, where, problems: list[Problem]) -> None
             problems.append(Problem(where("lora.r"), "must be > 0", "typical: 8, 16, 32"))
         if not 0 <= config.lora.dropout < 1:
             problems.append(Problem(where("lora.dropout"), "must be in [0, 1)", "typical: 0.05"))
+        if config.base_model == "builtin:tiny":
+            check_target_modules(config, tiny_module_names(), "builtin:tiny", where, problems)
+    _check_numbers(config, where, problems)
+    _check_schedule(config, where, problems)
+    _check_checkpoints(config, where, problems)
+    _check_data_paths(config, where, problems)
+    try:
+        codecs.lookup(config.data.encoding)
+    except LookupError:
+        hint = "e.g. utf-8, cp1252 or latin-1"
+        problems.append(Problem(where("data.encoding"), f"unknown encoding {config.data.encoding!r}", hint))
+
+
+# The Hugging Face Hub's rule for a repo id: [owner/]name, each of A-Z a-z 0-9 _ . - and at most 96 long.
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def _model_name_ok(name: str) -> bool:
+    """A hub id or something that can be a path on the host (checked there: the laptop cannot see it)."""
+    if any(ord(c) < 32 for c in name) or len(name) > 4096:
+        return False
+    return name.startswith(("/", "~", "./", "../")) or name.count("/") > 1 or bool(HUB_ID.fullmatch(name))
+
+
+def _check_numbers(config: TaskConfig, where, problems: list[Problem]) -> None:
+    """Values the trainer would refuse (or silently misuse) once the run has started on the host."""
+    t = config.training
+    at_least_zero = {
+        "training.warmup_steps": t.warmup_steps,
+        "training.weight_decay": t.weight_decay,
+        "training.max_grad_norm": t.max_grad_norm,
+        "training.save_total_limit": t.save_total_limit,
+        "samples": config.samples,
+        "preference.beta": config.preference.beta,
+    }
+    if config.early_stopping:
+        at_least_zero["early_stopping.threshold"] = config.early_stopping.threshold
+    for key, value in at_least_zero.items():
+        if value is not None and value < 0:
+            problems.append(Problem(where(key), f"must be >= 0, got {value:g}", "use 0 or a positive number"))
+    positive = {"training.eval_steps": t.eval_steps, "training.save_steps": t.save_steps}
+    if config.early_stopping:
+        positive["early_stopping.patience"] = config.early_stopping.patience
+    if config.eval_suite:
+        positive["eval_suite.max_new_tokens"] = config.eval_suite.max_new_tokens
+        positive["eval_suite.limit"] = config.eval_suite.limit
+    if config.lora:
+        positive["lora.alpha"] = config.lora.alpha
+    for key, value in positive.items():
+        if value is not None and value <= 0:
+            problems.append(Problem(where(key), f"must be > 0, got {value:g}", "use a positive number"))
+    low, high = SEED_RANGE
+    for key, value in (("training.seed", t.seed), ("data.seed", config.data.seed)):
+        if value is not None and not low <= value <= high:
+            problems.append(Problem(where(key), f"must be in [{low}, {high}], got {value}", "e.g. seed: 42"))
+
+
+def _check_schedule(config: TaskConfig, where, problems: list[Problem]) -> None:
+    """lr_scheduler_kwargs against what the chosen scheduler takes (SCHEDULER_KWARGS)."""
+    t = config.training
+    accepted = SCHEDULER_KWARGS.get(t.lr_scheduler_type)
+    if accepted is None:
+        return  # an unknown scheduler is reported already
+    for key, value in t.lr_scheduler_kwargs.items():
+        dotted = f"training.lr_scheduler_kwargs.{key}"
+        if key not in accepted:
+            if accepted:
+                close = difflib.get_close_matches(key, list(accepted), n=1, cutoff=0.6)
+                hint = f"did you mean `{close[0]}`?" if close else f"it takes: {', '.join(accepted)}"
+            else:
+                hint = "remove lr_scheduler_kwargs (it would be ignored), or pick a scheduler that takes it"
+            takes = "takes no arguments" if not accepted else f"does not take `{key}`"
+            problems.append(Problem(where(dotted), f"{t.lr_scheduler_type} {takes}", hint))
+            continue
+        kind = accepted[key]
+        if kind in ("number", "int"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (kind == "number" or float(value).is_integer())
+            if not ok:
+                problems.append(
+                    Problem(
+                        where(dotted),
+                        f"expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}",
+                        "e.g. 0.1" if kind == "number" else "e.g. 10",
+                    )
+                )
+            elif value < 0:
+                problems.append(Problem(where(dotted), f"must be >= 0, got {value!r}", "use 0 or a positive number"))
+        elif value not in kind.split("|"):
+            problems.append(Problem(where(dotted), f"{value!r} is not allowed", f"one of: {kind.replace('|', ', ')}"))
+    kwargs = t.lr_scheduler_kwargs
+    if t.lr_scheduler_type == "cosine_with_min_lr" and "min_lr" in kwargs and "min_lr_rate" in kwargs:
+        problems.append(
+            Problem(where("training.lr_scheduler_kwargs"), "min_lr and min_lr_rate exclude each other", "keep one")
+        )
+    if t.lr_scheduler_type == "polynomial" and isinstance(kwargs.get("lr_end"), (int, float)):
+        if kwargs["lr_end"] >= t.learning_rate:
+            hint = f"lr_end must be below learning_rate ({t.learning_rate:g})"
+            problems.append(Problem(where("training.lr_scheduler_kwargs.lr_end"), "not below the learning rate", hint))
+    if t.lr_scheduler_type == "warmup_stable_decay" and t.max_steps <= 0 and "num_decay_steps" not in kwargs:
+        hint = "set lr_scheduler_kwargs: {num_decay_steps: N}, or training.max_steps (a tenth of it decays)"
+        problems.append(Problem(where("training.lr_scheduler_type"), "warmup_stable_decay needs num_decay_steps", hint))
+    if t.lr_scheduler_type == "reduce_lr_on_plateau" and (
+        t.eval_strategy == "no" or not (config.data.eval or config.data.eval_split)
+    ):
+        hint = "add data.eval (or data.eval_split) and training.eval_strategy: steps"
+        problems.append(Problem(where("training.lr_scheduler_type"), "reduce_lr_on_plateau needs evaluations", hint))
+
+
+def _check_checkpoints(config: TaskConfig, where, problems: list[Problem]) -> None:
+    """Early stopping and load_best_model_at_end reload the best checkpoint: one must be saved at each evaluation."""
+    t = config.training
+    if not (config.early_stopping or t.load_best_model_at_end):
+        return
+    if t.eval_strategy == "no" or not (config.data.eval or config.data.eval_split):
+        return  # no evaluation: nothing to pick the best by (early stopping without evals is reported above)
+    key = "early_stopping" if config.early_stopping else "training.load_best_model_at_end"
+    if t.save_strategy != t.eval_strategy:
+        problems.append(
+            Problem(
+                where(key),
+                f"needs a checkpoint at every evaluation, but save_strategy is {t.save_strategy!r} "
+                f"and eval_strategy {t.eval_strategy!r}",
+                f"set training.save_strategy: {t.eval_strategy}",
+            )
+        )
+    elif t.eval_strategy == "steps" and t.eval_steps > 0 and t.save_steps % t.eval_steps:
+        hint = f"e.g. save_steps: {t.eval_steps * max(1, round(t.save_steps / t.eval_steps))}"
+        message = f"needs save_steps ({t.save_steps}) to be a multiple of eval_steps ({t.eval_steps})"
+        problems.append(Problem(where(key), message, hint))
+
+
+def _check_data_paths(config: TaskConfig, where, problems: list[Problem]) -> None:
+    """Only the task folder is pushed: a data file elsewhere would be missing on the host."""
+    named = [(f"data.{split}", name) for split in ("train", "eval", "test") for name in getattr(config.data, split)]
+    if config.eval_suite and config.eval_suite.file:
+        named.append(("eval_suite.file", config.eval_suite.file))
+    for key, name in named:
+        if name.startswith("hub:"):
+            continue
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
+            problems.append(
+                Problem(
+                    where(key),
+                    f"{name} is outside the task folder, and only the task folder is pushed",
+                    "move or copy the file into the task folder (a symlink there is pushed as the file's content)",
+                )
+            )
+
+
+def check_target_modules(config: TaskConfig, module_names, model: str, where, problems: list[Problem]) -> None:
+    """Every lora.target_modules name must name layers of the model as PEFT matches them (a module's full
+    name, or its last dotted parts). PEFT itself fails only when none matches and skips a misspelt one."""
+    if config.lora is None or config.lora.target_modules == ["all-linear"]:
+        return
+    names = list(module_names)
+    leaves = sorted({n.rpartition(".")[2] for n in names})
+    for target in config.lora.target_modules:
+        if any(n == target or n.endswith("." + target) for n in names):
+            continue
+        close = difflib.get_close_matches(target.rpartition(".")[2], leaves, n=1, cutoff=0.6)
+        layers = f"its layers: {', '.join(leaves)}, or all-linear"
+        hint = f"did you mean `{close[0]}`? ({layers})" if close else layers
+        problems.append(Problem(where("lora.target_modules"), f"{model} has no module {target!r}", hint))
+
+
+def tiny_module_names() -> list[str]:
+    """The layers LoRA can adapt in builtin:tiny (two Qwen2 decoder layers, tied embeddings)."""
+    names = ["model.embed_tokens", "lm_head"]
+    for i in range(TINY_LAYERS):
+        names += [f"model.layers.{i}.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        names += [f"model.layers.{i}.mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj")]
+    return names

@@ -27,7 +27,6 @@ SAME_NAMED = (
     "weight_decay",
     "max_grad_norm",
     "optim",
-    "gradient_checkpointing",
     "bf16",
     "fp16",
     "logging_steps",
@@ -46,7 +45,8 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
     t = config.training
     scheduler_kwargs = dict(t.lr_scheduler_kwargs)
     if t.lr_scheduler_type == "cosine_with_min_lr":
-        scheduler_kwargs.setdefault("min_lr_rate", 0.1)
+        if "min_lr" not in scheduler_kwargs:  # the two exclude each other
+            scheduler_kwargs.setdefault("min_lr_rate", 0.1)
     if t.lr_scheduler_type == "warmup_stable_decay" and t.max_steps > 0:
         scheduler_kwargs.setdefault("num_decay_steps", max(1, t.max_steps // 10))
     load_best = (t.load_best_model_at_end or config.early_stopping is not None) and has_eval
@@ -66,7 +66,10 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
         # Several GPUs run one process each (DDP). LoRA leaves no trainable parameter unused, and the
         # extra graph walk that looking for them costs is wasted; reentrant checkpointing breaks DDP.
         ddp_find_unused_parameters=False,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        # transformers 5's name for it: the old `gradient_checkpointing` (which TRL's configs still default
+        # to True) gives a FutureWarning unless this one is set.
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
     )
 
 

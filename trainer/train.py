@@ -109,6 +109,9 @@ def _run(run_dir: Path) -> int:
     print(f"base model: {config.base_model} ({base})", flush=True)
     tokenizer = load_tokenizer(base)
     problems = check_tokens(config, tokenizer, splits)
+    from trainer.validate import module_problems
+
+    problems += module_problems(config, base)  # lora.target_modules, from config.json before the weights download
     if problems:
         return fail(events, problems, "token")
 

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from trainer.config import TaskConfig, TaskError, load_task
+from trainer.config import Problem, TaskConfig, TaskError, check_target_modules, load_task
 from trainer.data import load_task_data
 from trainer.tiny import default_cache_dir, is_builtin
 
@@ -22,7 +22,7 @@ def local_tokenizer(config: TaskConfig, cache_fallback: Path | None = None):
 
     if is_builtin(config.base_model):
         return load_tokenizer(resolve_base_model(config, default_cache_dir(fallback=cache_fallback)))
-    if Path(config.base_model).expanduser().is_dir():
+    if _is_dir(config.base_model):
         return load_tokenizer(str(Path(config.base_model).expanduser()))
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.base_model, local_files_only=True)
@@ -31,6 +31,43 @@ def local_tokenizer(config: TaskConfig, cache_fallback: Path | None = None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _is_dir(name: str) -> bool:
+    try:
+        return Path(name).expanduser().is_dir()
+    except (OSError, RuntimeError):  # a name too long for a path, or a ~user that does not exist: not a folder
+        return False
+
+
+def module_problems(config: TaskConfig, name_or_path: str, local_only: bool = False) -> list[Problem]:
+    """lora.target_modules against the model's own layers, from its config.json alone: the model is built
+    on the meta device (no weights, no memory), so on the host this runs before the weights download.
+    Nothing is said when the config cannot be had (not cached here; custom code): the host checks it."""
+    if config.lora is None or config.lora.target_modules == ["all-linear"]:
+        return []
+    names = adaptable_module_names(config, name_or_path, local_only)
+    if names is None:
+        return []
+    problems: list[Problem] = []
+    check_target_modules(config, names, config.base_model, lambda key: key, problems)
+    return problems
+
+
+def adaptable_module_names(config: TaskConfig, name_or_path: str, local_only: bool = False) -> list[str] | None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    try:
+        model_config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
+        auto = AutoModelForSequenceClassification if config.task == "classification" else AutoModelForCausalLM
+        with torch.device("meta"):
+            model = auto.from_config(model_config)
+    except Exception:  # noqa: BLE001 - not at hand, or custom code: loading the model says what is wrong
+        return None
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
+    return [name for name, module in model.named_modules() if isinstance(module, kinds)]
 
 
 def main(argv: list[str]) -> int:
@@ -56,10 +93,13 @@ def main(argv: list[str]) -> int:
     from trainer.tokens import token_report
 
     report = token_report(splits["train"] + splits["eval"], tokenizer, config, show=args.show)
-    out["problems"] = [{"where": p.where, "message": p.message, "hint": p.hint} for p in report.problems]
+    problems = report.problems + module_problems(config, tokenizer.name_or_path, local_only=True)
+    out["problems"] = [{"where": p.where, "message": p.message, "hint": p.hint} for p in problems]
     out["lengths"] = report.percentiles()
     out["rows"] = len(report.lengths)
     out["truncated"] = report.truncated
+    out["lost_trained"] = report.lost_trained  # examples whose trained tokens max_length cuts off
+    out["suggested_max_length"] = report.suggested_max_length()
     out["max_length"] = config.training.max_length
     out["eot_token"] = report.eot_token
     out["eot_trained"] = report.eot_trained
