@@ -6,6 +6,8 @@ The one fake in the suite: an `nvidia-smi` script first on the test host's PATH,
 
 import json
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -125,12 +127,13 @@ def test_hostile_names_and_values_are_never_executed(tmp_path, sshd, model_cache
     assert json.loads((run_dir / "run.json").read_text())["config"]["data"]["system_prompt"] == HOSTILE
     assert json.loads((run_dir / "env.json").read_text())["NOTE"] == HOSTILE
 
-    # A hostile task name is refused clearly, before anything moves.
+    # A hostile task folder name reaches the host only as a safe spelling of itself; nothing runs.
     bad = project / "tasks" / "a;$(touch PWNED7)"
-    bad.mkdir()
-    (bad / "task.yaml").write_text((project / "tasks" / "hr" / "task.yaml").read_text())
-    refused = run_gpurun(project, "push", str(bad))
-    assert refused.returncode == 1 and refused.stderr.startswith("Error: task name"), refused.stderr
+    shutil.copytree(project / "tasks" / "hr", bad, ignore=shutil.ignore_patterns("runs"))
+    pushed = run_gpurun(project, "push", str(bad))
+    assert pushed.returncode == 0, pushed.stderr
+    on_host = [p.name for p in (workdir / "tasks").iterdir() if p.name != "hr"]
+    assert len(on_host) == 1 and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", on_host[0]), on_host
     # An ssh target that looks like an option is refused, not passed to ssh.
     hosts["evil"] = {**hosts["a100"], "ssh": "-oProxyCommand=touch PWNED8"}
     (project / "hosts.yaml").write_text(yaml.safe_dump({"default": "a100", "hosts": hosts}))
