@@ -3,6 +3,7 @@
 import json
 
 from tests.conftest import run_gpurun
+from tests.test_lifecycle import wait_for
 from tests.test_loop_ssh import latest_run_dir, load_and_generate
 
 
@@ -34,6 +35,7 @@ def test_local_host_runs_the_whole_loop(local_project):
 def test_logs_without_follow_prints_the_log_and_pull_refuses_a_running_job(local_project):
     train = run_gpurun(local_project, "train", "tasks/demo", "--set", "training.max_steps=400")
     assert train.returncode == 0, train.stderr
+    wait_for(lambda: "base model: builtin:tiny" in run_gpurun(local_project, "logs").stdout, what="the model line")
     pull = run_gpurun(local_project, "pull")
     assert pull.returncode == 1 and "still running" in pull.stderr and "--partial" in pull.stderr
     stop = run_gpurun(local_project, "stop", "--grace", "20")
