@@ -237,7 +237,10 @@ def _report_end(console, state: dict) -> int:
         console.print("[yellow]stopped[/] (gpurun stop)")
         return EXIT_STOPPED
     if name == "lost":
-        console.print("[magenta]lost[/]: the job is gone without an exit code (host rebooted or wrapper killed)")
+        console.print(
+            "[magenta]lost[/]: the job is gone and nothing says how it ended"
+            " (host rebooted, or wrapper and trainer killed)"
+        )
         return EXIT_LOST
     console.print(f"[red]failed[/] with exit code {code}: see the log above")
     return int(code) if code else EXIT_USER

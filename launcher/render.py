@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from launcher.health import Health
+from trainer.sizes import human_bytes
 
 STATE_STYLE = {
     "running": "cyan",
@@ -254,20 +255,12 @@ def runs_table(rows: list[dict]) -> Table:
     return table
 
 
-def human_size(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
-
-
 def push_plan_text(task_dir, plan) -> Text:
-    text = Text(f"{task_dir}: {plan.files} files, {human_size(plan.size)}")
+    text = Text(f"{task_dir}: {plan.files} files, {human_bytes(plan.size)}")
     if plan.largest:
-        text.append("; largest: " + ", ".join(f"{name} ({human_size(size)})" for name, size in plan.largest))
+        text.append("; largest: " + ", ".join(f"{name} ({human_bytes(size)})" for name, size in plan.largest))
     for name, size in plan.excluded_large:
-        text.append(f"\n  not sent (ignore rules): {name} ({human_size(size)})", style="yellow")
+        text.append(f"\n  not sent (ignore rules): {name} ({human_bytes(size)})", style="yellow")
     return text
 
 

@@ -26,6 +26,7 @@ from trainer.events import EventWriter
 from trainer.gpus import GpuError, claim_gpus
 from trainer.interpreter import no_stack_message, training_python
 from trainer.pushed import copy_info, trainer_argv
+from trainer.sizes import human_bytes
 from trainer.workers import process_count, run_workers
 
 RUN_FILE = "run.json"
@@ -218,14 +219,6 @@ def note_disk_full(run_dir: Path, path: str | None) -> str:
         log.write(f"error: {message}\nhint: {hint}\n")
     EventWriter(run_dir / EVENTS_FILE).emit("error", message=message, hint=hint, problems=[message])
     return message
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
 
 
 def free_space_refusal(workdir: Path, config: dict, env: dict) -> dict | None:
