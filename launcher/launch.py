@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from launcher import __version__
 from launcher.checks import CheckedTask, check_task, data_paths, task_error, token_checks
 from launcher.errors import GpurunError, host_error
@@ -18,7 +16,7 @@ from launcher.project import state_dir
 from launcher.remote import Remote, check_python, launcher_env_secrets, remote_for
 from launcher.runs import STARTING, History, RunRecord, fetch_resume_info, new_run_id
 from launcher.sync import push_task, push_trainer, task_name_of, trainer_version
-from trainer.config import Problem, TaskError, config_from_dict, config_to_dict, set_path
+from trainer.config import Problem, TaskError, apply_overrides, config_from_dict, config_to_dict
 from trainer.data import load_task_data
 
 LAST_TASK = "last_task"
@@ -277,16 +275,7 @@ def resumed_config(task_dir: Path, parent_config: dict, overrides: tuple[str, ..
     """The parent's resolved config, the new --set values applied on top, and every data row checked."""
     raw = copy.deepcopy(parent_config)
     problems: list[Problem] = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            problems.append(Problem("--set", f"{item!r} is not key=value", "example: --set training.max_steps=300"))
-            continue
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        set_path(raw, key.strip(), value)
+    apply_overrides(raw, overrides, problems)
     notices: list[str] = []
     try:
         config = config_from_dict(raw, where=lambda key: f"--set {key}", notices=notices, problems=problems)

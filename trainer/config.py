@@ -320,6 +320,14 @@ def load_task(
         raw = deep_merge(raw, overlay)
         lines.update(exp_lines)
     problems: list[Problem] = []
+    for key in apply_overrides(raw, overrides, problems):
+        lines[key] = "--set"
+    return config_from_dict(raw, where=lambda key: _where(path, lines, key), notices=notices, problems=problems)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], problems: list[Problem]) -> list[str]:
+    """Apply `--set KEY=VALUE` items to `raw` in place (values read as YAML); returns the keys set."""
+    applied = []
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -330,10 +338,10 @@ def load_task(
         except (yaml.YAMLError, RecursionError):
             value = text
         if not _settable(raw, key.strip()):
-            continue  # its parent is not a mapping: that is reported below, against the file
+            continue  # its parent is not a mapping: that is reported when the config is built
         set_path(raw, key.strip(), value)
-        lines[key.strip()] = "--set"
-    return config_from_dict(raw, where=lambda key: _where(path, lines, key), notices=notices, problems=problems)
+        applied.append(key.strip())
+    return applied
 
 
 def config_from_dict(
