@@ -506,7 +506,7 @@ def test_generated_bad_inputs_never_crash_and_what_validate_accepts_trains(tmp_p
 
 
 CLI_CASES = [
-    ("markup in a value echoed back", "base_model", "[/x]"),
+    ("markup in a value echoed back", "base_model", "./[/x]"),
     ("a lone surrogate in task.yaml", "data.system_prompt", "\ud800"),
     ("a non-UTF-8 byte in the data", None, None),
 ]
@@ -530,6 +530,6 @@ def test_the_real_cli_answers_a_bad_input_with_an_error_or_ok_never_a_traceback(
     if result.returncode == 1:
         assert [line for line in result.stderr.splitlines() if line.startswith("Hint: ")], result.stderr
     if key == "base_model":
-        assert "on [/x]" in result.stdout, result.stdout  # printed as written, not taken for markup
+        assert "on ./[/x]" in result.stdout, result.stdout  # printed as written, not taken for markup
     if key is None:
         assert "data/train.jsonl:1: not valid utf-8: byte 0xe9 at column 101" in result.stderr, result.stderr

@@ -565,8 +565,12 @@ def _coerce(value, annotation, fld, dotted, where, problems):
         bad = [i for i in items if not isinstance(i, str)]
         if bad:
             problems.append(Problem(where(dotted), "expected a list of strings", f"got {bad[0]!r}"))
+        elif any(_not_unicode(i, dotted, where, problems) for i in items):
+            return _default(fld)
         return [str(i) for i in items]
     coerced = _scalar(value, annotation)
+    if isinstance(coerced, str) and _not_unicode(coerced, dotted, where, problems):
+        return _default(fld)
     if coerced is _INVALID:
         problems.append(
             Problem(where(dotted), f"expected {annotation.__name__}, got {value!r}", f"example: {_example(annotation)}")
@@ -586,6 +590,17 @@ def _coerce(value, annotation, fld, dotted, where, problems):
 
 
 _INVALID = object()
+
+
+def _not_unicode(text: str, dotted: str, where, problems: list[Problem]) -> bool:
+    """A lone surrogate (YAML's "\\ud800" escape) is no text: nothing could write it out, not even run.json."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        message = f"not valid Unicode: a lone surrogate \\u{ord(text[exc.start]):04x}"
+        problems.append(Problem(where(dotted), message, "write the character itself, or a valid surrogate pair"))
+        return True
+    return False
 
 
 def _scalar(value, annotation):
