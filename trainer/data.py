@@ -639,9 +639,11 @@ _FORMAT_HINT = (
 
 
 def _used_columns(fmt: str, config: TaskConfig) -> set[str]:
+    # The eval suite's answer column rides along in the same files (seed 003's test rows): it is used.
+    suite = {config.eval_suite.expected_field} if config.eval_suite else set()
     if fmt == "prompt_response":
-        return {config.data.prompt_column, config.data.response_column, "system"}
-    return USED_COLUMNS.get(fmt, set())
+        return {config.data.prompt_column, config.data.response_column, "system"} | suite
+    return USED_COLUMNS.get(fmt, set()) | suite
 
 
 def _shape(normal: dict) -> str:
