@@ -315,6 +315,11 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
     adapter = dest / "adapter_model.safetensors"
     if adapter.exists():
         console.print(f"adapter: [bold]{_shown(root, adapter)}[/]")
+    elif not checkpoints and state.get("state") in ("stopped", "failed", "lost"):
+        console.print(
+            f"[yellow]no final adapter[/]: the run ended {state.get('state')} before saving one; "
+            f"its checkpoints come with: gpurun pull {record.run_id} --checkpoints"
+        )
     console.print(f"pulled {record.run_id} ({state.get('state')}) into {_shown(root, dest)}")
 
 
@@ -394,9 +399,14 @@ def stop(run, grace):
     """
     import json
 
+    from launcher.runs import FINAL_STATES
+
     root, history, record, remote = _run_and_remote(run)
-    argv = remote.python_argv(record.trainer_root, "stop", remote.path("runs", record.run_id), str(grace))
     console = _console()
+    if record.state in FINAL_STATES:  # a final state never changes: no round trip, no false "waiting"
+        console.print(f"{record.run_id}: already {record.state}, nothing to stop")
+        return
+    argv = remote.python_argv(record.trainer_root, "stop", remote.path("runs", record.run_id), str(grace))
     # The host's stop returns once the trainer has saved and exited: up to --grace seconds of silence.
     waiting = f"stopping {record.run_id}: waiting for the checkpoint at the next step (SIGKILL after {grace:g}s)…"
     if not console.is_terminal:
@@ -404,7 +414,8 @@ def stop(run, grace):
     with console.status(waiting):
         state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
     history.update_state(record.run_id, state)
-    console.print(f"{record.run_id}: {state.get('state')}")
+    ended = state.get("state")
+    console.print(f"{record.run_id}: {ended}" + ("" if ended == "stopped" else " (it had already ended)"))
 
 
 @main.command()
@@ -436,13 +447,15 @@ def merge(run):
 
 
 @main.command()
-@click.argument("task")
+@click.argument("task", required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Check with this override.")
 @click.option("--exp", "experiment", help="Check with tasks/<task>/experiments/<NAME>.yaml overlaid.")
 @click.option("--show", default=0, metavar="N", help="Render N examples with the trained tokens highlighted.")
 @click.option("--strict", is_flag=True, help="Exit 1 on any warning too (notices, truncated examples): for CI.")
 def validate(task, overrides, experiment, show, strict):
     """Check a task's config and every data row, on this machine, without touching a host.
+
+    TASK defaults to the task pushed (or trained) last.
 
     With the training stack installed here (and the tokenizer at hand: always for builtin:tiny),
     also token lengths against max_length and the loss mask of every example.

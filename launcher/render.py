@@ -26,6 +26,13 @@ STATE_STYLE = {
 }
 
 
+def accuracy_text(accuracy, baseline) -> str:
+    """The eval suite's figure beside the base model's, as the run measured both."""
+    if accuracy is None:
+        return "–"
+    return f"{float(accuracy):.3f}" + (f" (base {float(baseline):.3f})" if baseline is not None else "")
+
+
 def fmt_num(value, digits: int = 4) -> str:
     if value is None:
         return "–"
@@ -248,7 +255,7 @@ def runs_table(rows: list[dict]) -> Table:
             step,
             fmt_num(row.get("loss")),
             fmt_num(row.get("eval_loss")),
-            fmt_num(row.get("accuracy"), 3),
+            accuracy_text(row.get("accuracy"), row.get("baseline_accuracy")),
             Text(config_summary(row.get("experiment"), json.loads(row.get("overrides") or "[]"))),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
         )

@@ -46,6 +46,7 @@ class RunRecord:
     updated_at: float | None = None
     parent: str | None = None  # the run this one resumed
     accuracy: float | None = None  # the eval suite's, after training
+    baseline_accuracy: float | None = None  # the same suite on the base model (the adapter switched off)
     experiment: str | None = None  # --exp (a resumed run: its parent's)
     overrides: str | None = None  # the --set values in effect, a JSON list (a resumed run: its parent's + its own)
 
@@ -94,7 +95,7 @@ class History:
     def update_state(self, run_id: str, state: dict) -> None:
         self.db.execute(
             "UPDATE runs SET state=?, exit_code=?, step=?, total_steps=?, loss=?, eval_loss=?, accuracy=?, "
-            "updated_at=? WHERE run_id=?",
+            "baseline_accuracy=?, updated_at=? WHERE run_id=?",
             (
                 state.get("state"),
                 state.get("exit_code"),
@@ -103,6 +104,7 @@ class History:
                 _num(state.get("loss")),
                 _num(state.get("eval_loss")),
                 _num(state.get("accuracy")),
+                _num(state.get("baseline_accuracy")),
                 time.time(),
                 run_id,
             ),

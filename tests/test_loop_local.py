@@ -20,6 +20,10 @@ def test_local_host_runs_the_whole_loop(local_project):
     assert load_and_generate(run_dir) is not None
     state = json.loads((run_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+    status = run_gpurun(local_project, "status")
+    assert "succeeded" in status.stdout and "(base " in status.stdout, status.stdout  # the suite beside the base's
+    stop = run_gpurun(local_project, "stop")
+    assert stop.returncode == 0 and "already succeeded, nothing to stop" in stop.stdout, stop.stdout + stop.stderr
 
     # Fold the adapter into the base model on the host, bring it home, load it as a plain model.
     merge = run_gpurun(local_project, "merge")
@@ -42,6 +46,8 @@ def test_logs_without_follow_prints_the_log_and_pull_refuses_a_running_job(local
     assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
     logs = run_gpurun(local_project, "logs")
     assert logs.returncode == 0 and "base model: builtin:tiny" in logs.stdout
+    partial = run_gpurun(local_project, "pull")
+    assert partial.returncode == 0 and "no final adapter" in partial.stdout and "--checkpoints" in partial.stdout
     followed = run_gpurun(local_project, "logs", "-f")
     assert followed.returncode == 130, "a stopped run's follow ends with the documented code"
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from launcher.hostsetup import (
     replaces_index,
 )
 from tests.conftest import REPO, gpurun_argv, run_gpurun, write_project
+from tests.test_lifecycle import wait_for
 from trainer.hostsetup import pip_steps
 
 BARE_PYTHON = "/usr/bin/python3"  # Debian's own Python: no torch, so setup has work to do
@@ -194,16 +194,6 @@ def pips_of(venv: Path) -> list[int]:
         if argv and argv[0].decode(errors="replace").startswith(str(venv)) and b"pip" in argv:
             found.append(int(entry.name))
     return found
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -55,7 +55,10 @@ def main(argv: list[str]) -> int:
     if command not in handlers:
         print(f"unknown command {command!r}; one of: run, {', '.join(handlers)}", file=sys.stderr)
         return 2
-    return handlers[command](rest)
+    try:
+        return handlers[command](rest)
+    except KeyboardInterrupt:  # Ctrl-C in `gpurun logs -f` on the local host reaches us too: no traceback
+        return 130
 
 
 # ---------------------------------------------------------------- start / wrap
