@@ -96,6 +96,9 @@ def events_callback(writer: EventWriter, after_save=None):
             if "train_runtime" in logs:
                 kind = "summary"
             logs.setdefault("epoch", state.epoch)
+            peak = peak_memory_gb()
+            if peak is not None:  # the monitoring table's GPU memory column (seed 000); bench/gpu.py reads it too
+                logs["peak_mem_gb"] = peak
             writer.emit(kind, step=state.global_step, total_steps=state.max_steps, **logs)
             print(human_line(kind, state.global_step, state.max_steps, logs), flush=True)  # into train.log
 
@@ -115,6 +118,15 @@ def events_callback(writer: EventWriter, after_save=None):
             )
 
     return EventsCallback()
+
+
+def peak_memory_gb() -> float | None:
+    """This process's peak GPU memory so far (torch's allocator), or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 def stop_callback(requested):
