@@ -173,8 +173,12 @@ def train(task, host, gpus, overrides, experiment, resume, force):
         console.print(f"[yellow]warning:[/] {warning}")
     record = launched.record
     gpus_shown = launched.gpus if launched.gpus else "default"
+    if launched.job_id:
+        gpus_shown = f"Slurm's; job {launched.job_id}"
     resumed = f", resuming {parent.run_id}" if parent else ""
     console.print(f"started [bold]{record.run_id}[/] on {record.host} (GPUs: {gpus_shown}{resumed})")
+    if launched.queued:
+        console.print(launched.queued)
     if launched.resumed:
         from launcher.render import resume_text
 
@@ -288,7 +292,7 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
     if watch:
         seen: set[str] = set()
         try:
-            while state.get("state") == "running":
+            while state.get("state") in ("running", "queued"):
                 try:
                     fetch(True)
                 except GpurunError as exc:  # a checkpoint rotated away mid-transfer: the next round gets it
@@ -306,7 +310,7 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
             console.print("\nstopped watching; the run goes on")
             return
         checkpoints = True
-    elif state.get("state") == "running" and not partial:
+    elif state.get("state") in ("running", "queued") and not partial:
         raise GpurunError(
             f"{record.run_id} is still running (step {state.get('step', 0)}/{state.get('total_steps', '?')})",
             "wait for it (gpurun logs -f), pull what exists now with --partial, or keep pulling with --watch",

@@ -50,6 +50,8 @@ def follow(
                 elif "events" in message:
                     on_events(message["events"])
                     events_offset = message["events_offset"]
+                elif "status" in message:  # e.g. a Slurm job's wait in the queue
+                    on_status(message["status"])
                 elif "end" in message:
                     proc.wait()
                     return message["end"]

@@ -9,6 +9,7 @@ hosts:
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,10 @@ HOST_KEYS = (
     "env",
     "gpus",
     "secret_env",
+    "scheduler",
+    "slurm",
 )
+SLURM_KEYS = ("partition", "account", "time", "nodes", "gpus_per_node", "sbatch_args", "signal_lead")
 
 
 @dataclass
@@ -49,6 +53,8 @@ class Host:
     env: dict[str, str] = field(default_factory=dict)
     gpus: str | None = None  # "auto", "0,1", or None (leave CUDA_VISIBLE_DEVICES alone)
     secret_env: list[str] = field(default_factory=list)
+    scheduler: str | None = None  # "slurm": the ssh target is a login node, runs go through sbatch
+    slurm: dict = field(default_factory=dict)  # partition, account, time, nodes, gpus_per_node, sbatch_args
     # For a name not in hosts.yaml (taken as an ssh target): the hosts.yaml names it is close to, so a
     # typo that ssh cannot resolve gets "did you mean". Worked out here, where it costs no round trip.
     nearby: list[str] = field(default_factory=list)
@@ -117,7 +123,52 @@ def _host_from_entry(name: str, entry: dict, path: Path) -> Host:
         # ssh would read "-oProxyCommand=..." as an option: a target must look like [user@]host.
         raise GpurunError(f"{path}: hosts.{name}.ssh: {host.ssh!r} is not an ssh target", "e.g. ssh: user@10.0.0.5")
     host.secret_env = [str(s) for s in entry.get("secret_env") or []]
+    if entry.get("scheduler") is not None or entry.get("slurm") is not None:
+        host.scheduler, host.slurm = _slurm_settings(name, entry, path)
     return host
+
+
+def _slurm_settings(name: str, entry: dict, path: Path) -> tuple[str, dict]:
+    """`scheduler: slurm` and its `slurm:` mapping, checked: every mistake here would otherwise be sbatch's
+    refusal after a push, or worse a job that runs with a setting the user did not mean."""
+    where = f"{path}: hosts.{name}"
+    if entry.get("scheduler") != "slurm":
+        raise GpurunError(f"{where}.scheduler: {entry.get('scheduler')!r}", "the one scheduler gpurun knows: slurm")
+    slurm = entry.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise GpurunError(f"{where}.slurm: expected a mapping", "e.g. slurm: {partition: gpu, time: '24:00:00'}")
+    for key in slurm:
+        if key not in SLURM_KEYS:
+            close = difflib.get_close_matches(str(key), SLURM_KEYS, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(SLURM_KEYS)}"
+            raise GpurunError(f"{where}.slurm.{key}: unknown key", hint)
+    out: dict = {}
+    for key in ("partition", "account", "time"):
+        value = slurm.get(key)
+        if value is None:
+            continue
+        if key == "time" and not isinstance(value, str):
+            # YAML 1.1 reads an unquoted 24:00:00 as the number 86400, which Slurm would take as 86400 minutes.
+            raise GpurunError(
+                f"{where}.slurm.time: {value!r} is a number to YAML", "quote it: time: '24:00:00' (or '1440' minutes)"
+            )
+        if not isinstance(value, str | int) or isinstance(value, bool) or not re.fullmatch(r"[\w.:+-]+", str(value)):
+            example = {"partition": "gpu", "account": "my-lab", "time": "'24:00:00' (quoted, or YAML reads a number)"}
+            raise GpurunError(f"{where}.slurm.{key}: {value!r} is not a Slurm {key}", f"e.g. {key}: {example[key]}")
+        out[key] = str(value)
+    for key, least in (("nodes", 1), ("gpus_per_node", 0), ("signal_lead", 1)):
+        value = slurm.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise GpurunError(f"{where}.slurm.{key}: {value!r}", f"a whole number, at least {least}")
+        out[key] = value
+    args = slurm.get("sbatch_args") or []
+    if not isinstance(args, list) or not all(isinstance(a, str) and a.startswith("-") and "\n" not in a for a in args):
+        hint = "a list of sbatch options, e.g. sbatch_args: [--qos=high, --mem=64G]"
+        raise GpurunError(f"{where}.slurm.sbatch_args: {args!r}", hint)
+    out["sbatch_args"] = list(args)
+    return "slurm", out
 
 
 def resolve_host(root: Path, name: str | None) -> Host:

@@ -30,6 +30,8 @@ class Launched:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     resumed: "Resumed | None" = None
+    job_id: str | None = None  # on a Slurm host: the job sbatch queued
+    queued: str | None = None  # and why it waits, as squeue says ("queued: Resources (job 12)")
 
 
 def resolve_task_dir(root: Path, task: str | None, history: History) -> Path:
@@ -86,6 +88,11 @@ def launch(
     history = History(root)
     host = resolve_host(root, host_name)
     remote = remote_for(host)
+    if host.scheduler == "slurm" and gpus is not None:
+        raise GpurunError(
+            f"--gpus does not apply on {host.name}: Slurm chooses the GPUs there",
+            f"set hosts.{host.name}.slurm.gpus_per_node in hosts.yaml (GPUs on each node)",
+        )
     check_python(remote, state_dir(root))  # a `python:` that is not there is told now, not after the local checks
     resumed: Resumed | None = None
     if resume is None:
@@ -135,6 +142,8 @@ def launch(
         "force": force,
         "secret_env": host.secret_env,
     }
+    if host.scheduler == "slurm":
+        run["slurm"] = dict(host.slurm)  # the host's start writes job.sbatch from it and submits it
     record = RunRecord(
         run_id=run_id,
         task=task,
@@ -165,7 +174,9 @@ def launch(
     # 4. Record its state, so `logs -f` and `pull` without arguments mean this run.
     record.state = reply.get("state")
     history.add(record)
-    return Launched(record, checked, reply.get("gpus"), reply.get("warnings") or [], timings, resumed)
+    launched = Launched(record, checked, reply.get("gpus"), reply.get("warnings") or [], timings, resumed)
+    launched.job_id, launched.queued = reply.get("job_id"), reply.get("queued")
+    return launched
 
 
 def start_on_host(remote: Remote, trainer_root: str, run_id: str, payload: dict) -> tuple[dict | None, str]:
@@ -221,7 +232,7 @@ def plan_resume(
     where = f"{remote.host.name}:{remote.path('runs', parent.run_id)}"
     if info.get("state") == "not_found":
         raise GpurunError(f"{parent.run_id} is not on {remote.host.name} any more ({where})", "list runs: gpurun runs")
-    if info.get("state") in ("running", STARTING):
+    if info.get("state") in ("running", "queued", STARTING):
         raise GpurunError(
             f"{parent.run_id} is still running: its checkpoints are still changing",
             f"stop it first (it saves a checkpoint): gpurun stop {parent.run_id}",

@@ -16,6 +16,7 @@ from trainer.sizes import human_bytes
 
 STATE_STYLE = {
     "running": "cyan",
+    "queued": "yellow",
     "succeeded": "green",
     "failed": "red",
     "stopped": "yellow",

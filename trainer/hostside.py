@@ -80,6 +80,10 @@ def cmd_start(args: list[str]) -> int:
     if refusal is not None:
         _reply(refusal)
         return 1
+    if run.get("slurm") is not None:  # a Slurm login node: sbatch, and the GPUs are Slurm's to choose
+        from trainer.slurm import start_job
+
+        return start_job(run_dir, run, payload.get("env", {}))
     try:
         claim = claim_gpus(run.get("gpus"), run["run_id"], force=bool(run.get("force")))
     except GpuError as exc:
@@ -473,6 +477,14 @@ def run_state(run_dir: Path) -> dict:
         out.update(task=record.get("task"), started_at=record.get("started_at"), gpus=record.get("gpus"))
     except (OSError, ValueError):
         pass
+    if record.get("slurm") is not None:
+        from trainer.slurm import slurm_state
+
+        live = slurm_state(run_dir, record)  # queued or running while Slurm says the job is not over
+        if live is not None:
+            out.update(live)
+            out.update(_progress(run_dir / EVENTS_FILE))
+            return out
     exit_text = _read(run_dir / EXIT_FILE)
     code, ended_at = None, None
     if exit_text is not None and exit_text.strip():
@@ -550,12 +562,15 @@ def cmd_follow(args: list[str]) -> int:
     if not (run_dir / RUN_FILE).exists():
         _reply({"end": {"state": "not_found", "run_id": run_dir.name}})
         return 0
-    last_beat = 0.0
+    last_beat, said = 0.0, None
     while True:
         state = run_state(run_dir)  # read before draining: anything written before the end is sent
         log_offset = _send_new(run_dir / LOG_FILE, log_offset, "log")
         events_offset = _send_new(run_dir / EVENTS_FILE, events_offset, "events")
-        if state["state"] != "running" or once:
+        if state.get("queued") != said and (state.get("queued") or said):  # a Slurm job's wait, said once
+            _reply({"status": state.get("queued") or f"running: job {state.get('job_id')} started"})
+            said = state.get("queued")
+        if state["state"] not in ("running", "queued") or once:
             _reply({"end": state})
             return 0
         if time.time() - last_beat > HEARTBEAT_S:
@@ -612,8 +627,13 @@ def _send_new(path: Path, offset: int, kind: str) -> int:
 def cmd_stop(args: list[str]) -> int:
     run_dir, grace = Path(args[0]), float(args[1])
     state = run_state(run_dir)
-    if state["state"] != "running":
+    if state["state"] not in ("running", "queued"):
         _reply(state)
+        return 0
+    if state.get("job_id"):  # a Slurm job: scancel, not signals to pids the login node cannot see
+        from trainer.slurm import stop_job
+
+        _reply(stop_job(run_dir, state, grace))
         return 0
     # Written first: a wrapper that has not started the trainers yet sees it and never does.
     _write_atomic(run_dir / STOP_FILE, f"{time.time()}\n")

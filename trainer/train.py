@@ -103,6 +103,12 @@ def _run(run_dir: Path) -> int:
         if resume_from is None:
             return fail(events, [f"no complete checkpoint in {parent_output}"], "resume")
         print(f"resuming from {resume_from}", flush=True)
+    own = latest_complete_checkpoint(run_dir / OUTPUT_DIR)
+    if own is not None:
+        # A run that starts with a checkpoint of its own is a restart of itself (Slurm requeued it near its
+        # time limit): it continues from there, and ends where the uninterrupted run would have.
+        resume_from = own
+        print(f"restarted: continuing from {own}", flush=True)
 
     # 2. Tokenizer, and what each example will train on: refuse before loading the model.
     base = resolve_base_model(config, cache_dir=default_cache_dir(fallback=workdir / "cache" / "models"))
