@@ -27,11 +27,21 @@ STATE_STYLE = {
 }
 
 
-def accuracy_text(accuracy, baseline) -> str:
-    """The eval suite's figure beside the base model's, as the run measured both."""
+def accuracy_text(accuracy, baseline, arguments=None, baseline_arguments=None) -> str:
+    """The eval suite's figures beside the base model's, as the run measured both.
+
+    A tool-call suite has two: the function's name, and name plus arguments (`name 0.825 · args 0.600`).
+    """
+
+    def figures(name, args) -> str:
+        if args is None:
+            return f"{float(name):.3f}"
+        return f"name {float(name):.3f} · args {float(args):.3f}"
+
     if accuracy is None:
         return "–"
-    return f"{float(accuracy):.3f}" + (f" (base {float(baseline):.3f})" if baseline is not None else "")
+    base = f" (base {figures(baseline, baseline_arguments)})" if baseline is not None else ""
+    return figures(accuracy, arguments) + base
 
 
 def fmt_num(value, digits: int = 4) -> str:
@@ -256,7 +266,12 @@ def runs_table(rows: list[dict]) -> Table:
             step,
             fmt_num(row.get("loss")),
             fmt_num(row.get("eval_loss")),
-            accuracy_text(row.get("accuracy"), row.get("baseline_accuracy")),
+            accuracy_text(
+                row.get("accuracy"),
+                row.get("baseline_accuracy"),
+                row.get("arguments_accuracy"),
+                row.get("baseline_arguments_accuracy"),
+            ),
             Text(config_summary(row.get("experiment"), json.loads(row.get("overrides") or "[]"))),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
         )

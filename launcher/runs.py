@@ -47,6 +47,8 @@ class RunRecord:
     parent: str | None = None  # the run this one resumed
     accuracy: float | None = None  # the eval suite's, after training
     baseline_accuracy: float | None = None  # the same suite on the base model (the adapter switched off)
+    arguments_accuracy: float | None = None  # a tool-call suite's: function name and arguments both right
+    baseline_arguments_accuracy: float | None = None
     experiment: str | None = None  # --exp (a resumed run: its parent's)
     overrides: str | None = None  # the --set values in effect, a JSON list (a resumed run: its parent's + its own)
 
@@ -95,7 +97,7 @@ class History:
     def update_state(self, run_id: str, state: dict) -> None:
         self.db.execute(
             "UPDATE runs SET state=?, exit_code=?, step=?, total_steps=?, loss=?, eval_loss=?, accuracy=?, "
-            "baseline_accuracy=?, updated_at=? WHERE run_id=?",
+            "baseline_accuracy=?, arguments_accuracy=?, baseline_arguments_accuracy=?, updated_at=? WHERE run_id=?",
             (
                 state.get("state"),
                 state.get("exit_code"),
@@ -105,6 +107,8 @@ class History:
                 _num(state.get("eval_loss")),
                 _num(state.get("accuracy")),
                 _num(state.get("baseline_accuracy")),
+                _num(state.get("arguments_accuracy")),
+                _num(state.get("baseline_arguments_accuracy")),
                 time.time(),
                 run_id,
             ),

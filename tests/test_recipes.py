@@ -192,7 +192,12 @@ def test_eval_suite_reports_accuracy_before_and_after(tmp_path):
     run_dir = train_recipe(
         tmp_path,
         {"train.jsonl": CHAT, "test.jsonl": suite},
-        eval_suite={"file": "test.jsonl", "max_new_tokens": 8},
+        eval_suite={
+            "file": "test.jsonl",
+            "max_new_tokens": 8,
+            "expected_field": "expected_function",
+            "json_field": "name",
+        },
     )
     (event,) = [e for e in events_of(run_dir) if e["kind"] == "eval_suite"]
     assert event["total"] == 3 and 0 <= event["accuracy"] <= 1 and event["baseline_accuracy"] is not None

@@ -238,8 +238,12 @@ class EarlyStoppingConfig:
 class EvalSuiteConfig:
     file: str = ""
     """Rows (chat `messages` ending with the assistant's answer) to generate on after training."""
-    expected_field: str = "expected_function"
-    """Column holding the expected function name; a row is correct when the answer calls it."""
+    expected_field: str = ""
+    """Column holding the expected answer. Unset: each row's answer is a tool call (the last assistant turn's
+    first call), scored on the function's name and on its arguments."""
+    json_field: str = ""
+    """With expected_field: compare this field of the reply, parsed as a JSON object (an intent router answering
+    {"intent": ...}: `json_field: intent`), instead of the whole reply."""
     max_new_tokens: int = 64
     """Generation budget per row."""
     limit: int = 200
@@ -686,6 +690,14 @@ def _check_semantics(config: TaskConfig, where, problems: list[Problem]) -> None
         problems.append(Problem(where("early_stopping"), "needs evaluations", "set training.eval_strategy: steps"))
     if config.eval_suite and not config.eval_suite.file:
         problems.append(Problem(where("eval_suite.file"), "missing", "e.g. eval_suite: {file: data/test.jsonl}"))
+    if config.eval_suite and config.eval_suite.json_field and not config.eval_suite.expected_field:
+        problems.append(
+            Problem(
+                where("eval_suite.json_field"),
+                "needs eval_suite.expected_field, the column holding the value that field must equal",
+                "e.g. eval_suite: {file: data/test.jsonl, expected_field: intent, json_field: intent}",
+            )
+        )
     if config.task == "classification" and config.training.packing:
         problems.append(Problem(where("training.packing"), "packing does not apply to classification", "remove it"))
     q = config.quantization

@@ -640,7 +640,7 @@ _FORMAT_HINT = (
 
 def _used_columns(fmt: str, config: TaskConfig) -> set[str]:
     # The eval suite's answer column rides along in the same files (seed 003's test rows): it is used.
-    suite = {config.eval_suite.expected_field} if config.eval_suite else set()
+    suite = {config.eval_suite.expected_field} if config.eval_suite and config.eval_suite.expected_field else set()
     if fmt == "prompt_response":
         return {config.data.prompt_column, config.data.response_column, "system"} | suite
     return USED_COLUMNS.get(fmt, set()) | suite
@@ -713,7 +713,8 @@ def load_task_data(
 
 
 def load_eval_suite(task_dir: Path, config: TaskConfig, problems: list[Problem]) -> list[dict]:
-    """Rows of the eval suite: chat messages ending with the expected answer, plus the expected function."""
+    """Rows of the eval suite: the prompt (chat messages before the last answer, and tools), and the expected call
+    (that answer's first tool call) or the expected answer (eval_suite.expected_field)."""
     suite = config.eval_suite
     if not suite:
         return []
@@ -722,20 +723,23 @@ def load_eval_suite(task_dir: Path, config: TaskConfig, problems: list[Problem])
     if not path.is_file():
         problems.append(Problem(shown, "eval suite file not found", f"check eval_suite.file in {task_dir}/task.yaml"))
         return []
+    from trainer.evaluate import suite_row
+
     rows = []
     local: list[Problem] = []
     for line, row in read_rows(path, local, config.data.encoding):
         where = f"{shown}:{line}"
-        problem = check_row(row, "messages", config)
-        if problem is None and not isinstance(row.get(suite.expected_field), str):
-            problem = f"missing `{suite.expected_field}` (the expected function name)"
+        # Any chat shape the training data may have (OpenAI / TRL messages, ShareGPT, Alpaca), tools included.
+        fmt = detect_format(row, config) if isinstance(row, dict) else None
+        fmt = fmt if fmt in ("messages", "sharegpt", "alpaca") else "messages"
+        problem = check_row(row, fmt, config)
+        suite_one = None
+        if problem is None:
+            suite_one, problem = suite_row(normalise(row, fmt, config), suite.expected_field, row)
         if problem:
             local.append(Problem(where, problem))
             continue
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        if messages[-1]["role"] == "assistant":
-            messages = messages[:-1]  # the prompt is everything before the answer
-        rows.append({"messages": messages, "expected": row[suite.expected_field], WHERE: where})
+        rows.append({**suite_one, WHERE: where})
     for p in local:
         p.where = p.where.replace(str(path), shown)
     problems.extend(local)

@@ -537,6 +537,9 @@ def _progress(path: Path) -> dict:
             progress["accuracy"] = event.get("accuracy")
             progress["baseline_accuracy"] = event.get("baseline_accuracy")
     return progress
+            # a tool-call suite also scores the arguments (name right and arguments equal)
+            progress["arguments_accuracy"] = event.get("arguments_accuracy")
+            progress["baseline_arguments_accuracy"] = event.get("baseline_arguments_accuracy")
 
 
 def cmd_state(args: list[str]) -> int:

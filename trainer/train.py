@@ -186,15 +186,24 @@ def _run(run_dir: Path) -> int:
         print(f"wrote {written} sample generations to {output_dir / 'samples.jsonl'}", flush=True)
     suite = run_eval_suite(config, trainer.model, tokenizer, splits, events, "eval_suite")
     if suite is not None:
-        baseline = None
+        from trainer.evaluate import score_text, score_warning
+
+        base = None
         if hasattr(trainer.model, "disable_adapter"):  # the base model is the adapter switched off
             # (measured after training: generating before it slowed the CPU training loop 15x here)
             with trainer.model.disable_adapter():
-                baseline = run_eval_suite(config, trainer.model, tokenizer, splits, events, "baseline")["accuracy"]
-        events.emit("eval_suite", step=trainer.state.global_step, baseline_accuracy=baseline, **suite)
-        before = f" (base model without the adapter: {baseline:.3f})" if baseline is not None else ""
-        print(f"eval suite: accuracy {suite['accuracy']:.3f}{before}", flush=True)
-        final["accuracy"] = suite["accuracy"]
+                base = run_eval_suite(config, trainer.model, tokenizer, splits, events, "baseline")
+        # the base model's figures beside the trained one's: baseline_accuracy, baseline_arguments_accuracy, ...
+        baseline = {"baseline_accuracy": None}
+        baseline.update({f"baseline_{k}": v for k, v in (base or {}).items() if k.endswith(("accuracy", "parsed"))})
+        warning = score_warning(suite, config.eval_suite.json_field)
+        extra = {"warning": warning} if warning else {}
+        events.emit("eval_suite", step=trainer.state.global_step, **baseline, **suite, **extra)
+        before = f" (base model without the adapter: {score_text(base)})" if base else ""
+        print(f"eval suite: {score_text(suite)}{before}", flush=True)
+        if warning:
+            print(f"warning: {warning}", flush=True)
+        final.update({k: v for k, v in suite.items() if k.endswith("accuracy")})
     events.emit("done", step=trainer.state.global_step, total_steps=trainer.state.max_steps, **final)
     print(f"saved adapter to {output_dir}", flush=True)
     return 0
@@ -214,12 +223,13 @@ def check_tokens(config: TaskConfig, tokenizer, splits: dict) -> list:
 def run_eval_suite(config: TaskConfig, model, tokenizer, splits: dict, events: EventWriter, phase: str) -> dict | None:
     if not config.eval_suite or not splits["eval_suite"]:
         return None
-    from trainer.evaluate import suite_accuracy
+    from trainer.evaluate import answer_suite, score
 
     rows = splits["eval_suite"]
     whose = "the base model without the adapter" if phase == "baseline" else "the trained model"
     advance = phase_progress(events, phase, len(rows), f"{len(rows)} test requests, answered by {whose}")
-    return suite_accuracy(model, tokenizer, rows, config.eval_suite.max_new_tokens, on_progress=advance)
+    answered = answer_suite(model, tokenizer, rows, config.eval_suite.max_new_tokens, on_progress=advance)
+    return score(rows, answered["replies"], config.eval_suite.json_field, calls=answered["calls"])
 
 
 def fail(events: EventWriter, problems: list, what: str) -> int:
