@@ -50,12 +50,12 @@ def raw_yaml(text: str):
 
 def long_prompt_row(task: Path) -> None:
     with (task / "data" / "train.jsonl").open("a") as fh:
-        fh.write(chat_row(("user", "please " * 400), ("assistant", '{"name": "get_manager"}')) + "\n")
+        fh.write(chat_row(("user", "please " * 1500), ("assistant", '{"name": "get_manager"}')) + "\n")
 
 
 def padding_free_with_a_long_row(task: Path) -> None:
     with (task / "data" / "train.jsonl").open("a") as fh:
-        fh.write(chat_row(("user", "hi"), ("assistant", "ok " * 400)) + "\n")
+        fh.write(chat_row(("user", "hi"), ("assistant", "ok " * 500)) + "\n")
     edit_config(training__padding_free=True)(task)
 
 
@@ -116,9 +116,9 @@ CASES = [
     (
         "eval suite row without its answer key",
         replace_line("data/test.jsonl", 2, chat_row(("user", "hi"), ("assistant", "x"))),
-        "data/test.jsonl:2: missing `expected_function`",
+        "data/test.jsonl:2: the last assistant turn holds no `tool_calls`, so there is no call to score",
     ),
-    ("answer cut off by max_length", long_prompt_row, "every trained token lies beyond max_length 300"),
+    ("answer cut off by max_length", long_prompt_row, "every trained token lies beyond max_length 1300"),
     ("padding-free cannot truncate", padding_free_with_a_long_row, "training.padding_free: 1 example(s) exceed"),
 ]
 
@@ -126,7 +126,8 @@ CASES = [
 @pytest.mark.parametrize("case, mutate, expected", CASES, ids=[c[0] for c in CASES])
 def test_a_bad_task_is_one_clear_error_and_nothing_reaches_the_host(ssh_project, host_workdir, case, mutate, expected):
     mutate(ssh_project / "tasks" / "hr")
-    result = run_gpurun(ssh_project, "train", "tasks/hr", "--host", "a100", "--set", "training.max_length=300")
+    # (the shipped rows, tools included, are 1116-1192 builtin:tiny tokens: 1300 fits them and not the long rows)
+    result = run_gpurun(ssh_project, "train", "tasks/hr", "--host", "a100", "--set", "training.max_length=1300")
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert result.returncode == 1, (case, result.stdout, result.stderr)
     assert len(errors) == 1 and expected in errors[0], result.stderr
@@ -145,7 +146,7 @@ def test_bad_overrides_and_experiments_are_named(ssh_project, host_workdir):
 
 
 def test_a_yaml_exponent_is_a_number_and_old_names_are_translated(ssh_project):
-    edit_config(training__learning_rate="1e-5", training__max_seq_length=256, training__max_length=None)(
+    edit_config(training__learning_rate="1e-5", training__max_seq_length=1280, training__max_length=None)(
         ssh_project / "tasks" / "hr"
     )
     result = run_gpurun(ssh_project, "validate", "tasks/hr")
