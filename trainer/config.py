@@ -182,12 +182,12 @@ class TrainingConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
-    optim: str = choice(*OPTIMIZERS, default="adamw_torch")
-    """Optimizer."""
-    gradient_checkpointing: bool = False
-    """Trade compute for memory."""
-    bf16: bool = False
-    """Train in bfloat16 (Ampere and newer)."""
+    optim: str = choice(*OPTIMIZERS, default="adamw_torch_fused")
+    """Optimizer; the default is transformers 5's: AdamW's fused kernel (on a GPU and on the CPU alike)."""
+    gradient_checkpointing: bool | None = None
+    """Trade compute for memory; unset: on with a GPU (TRL's default), off on the CPU (no memory to save)."""
+    bf16: bool | None = None
+    """Train in bfloat16; unset: on with a GPU that has it and fp16 off (TRL's default), off on the CPU."""
     fp16: bool = False
     """Train in float16."""
     max_length: int = 1024

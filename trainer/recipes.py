@@ -38,11 +38,27 @@ SAME_NAMED = (
 )
 
 
+def on_this_machine(config: TaskConfig) -> TaskConfig:
+    """The config with the training values left unset (None) decided for the machine the run is on, as TRL decides
+    them: with a GPU, bf16 (when the GPU has it and fp16 is off) and activation checkpointing, since GPU memory is
+    what limits a run; on the CPU neither: host RAM is rarely the limit there, checkpointing recomputes the forward
+    pass (~20% more compute, as transformers documents it), and bf16 would change every CPU run's numbers."""
+    import torch
+
+    t = config.training
+    gpu = torch.cuda.is_available()
+    if t.bf16 is None:
+        t.bf16 = gpu and not t.fp16 and torch.cuda.is_bf16_supported()
+    if t.gradient_checkpointing is None:
+        t.gradient_checkpointing = gpu
+    return config
+
+
 def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
     """TrainingArguments shared by every recipe."""
     import torch
 
-    t = config.training
+    t = on_this_machine(config).training
     scheduler_kwargs = dict(t.lr_scheduler_kwargs)
     if t.lr_scheduler_type == "cosine_with_min_lr":
         if "min_lr" not in scheduler_kwargs:  # the two exclude each other
@@ -73,7 +89,10 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
     )
 
 
-def build_trainer(config: TaskConfig, model, tokenizer, splits: dict, output_dir: Path, callbacks: list):
+def build_trainer(
+    config: TaskConfig, model, tokenizer, splits: dict, output_dir: Path, callbacks: list, tokenized=None
+):
+    """`tokenized`: SFT's datasets as the token checks made them (trainer/tokencache.py); None tokenizes here."""
     import datasets
     from transformers import EarlyStoppingCallback, PrinterCallback
 
@@ -82,29 +101,37 @@ def build_trainer(config: TaskConfig, model, tokenizer, splits: dict, output_dir
     if config.early_stopping is not None and has_eval:
         es = config.early_stopping
         callbacks = [*callbacks, EarlyStoppingCallback(es.patience, es.threshold)]
-    build = {"sft": sft, "orpo": preference, "dpo": preference, "classification": classification}[config.task]
-    trainer = build(config, model, tokenizer, splits, common_args(config, output_dir, has_eval), has_eval, callbacks)
+    args = common_args(config, output_dir, has_eval)
+    if config.task == "sft":
+        trainer = sft(config, model, tokenizer, splits, args, has_eval, callbacks, tokenized)
+    else:
+        build = {"orpo": preference, "dpo": preference, "classification": classification}[config.task]
+        trainer = build(config, model, tokenizer, splits, args, has_eval, callbacks)
     trainer.remove_callback(PrinterCallback)  # its raw dicts would repeat our own lines in train.log
     return trainer
 
 
-def sft(config, model, tokenizer, splits, args, has_eval, callbacks):
-    from datasets import Dataset
+def sft(config, model, tokenizer, splits, args, has_eval, callbacks, tokenized=None):
     from trl import SFTConfig, SFTTrainer
 
+    from trainer.tokencache import TokenColumns, Tokenized
     from trainer.tokens import mask_of, training_chat_template
 
-    rows = splits["train"] + (splits["eval"] if has_eval else [])
-    chat = any("messages" in r or isinstance(r.get("completion"), list) for r in rows)
-    template = training_chat_template(tokenizer) if chat else None
-
-    def tokenized(rows: list[dict]):
-        # Tokenized here, exactly as the token checks saw each row (tools, tool calls and `weight: 0` included),
-        # so TRL only builds labels from the mask and truncates; Arrow never sees the rows' nested tool schemas.
-        pairs = [mask_of(r, tokenizer, template) for r in rows]
-        return Dataset.from_dict({"input_ids": [p[0] for p in pairs], "assistant_masks": [p[1] for p in pairs]})
-
     t = config.training
+    if tokenized is None:  # called without the checks (a test, a notebook): tokenize here, the same way
+        rows = splits["train"] + (splits["eval"] if has_eval else [])
+        chat = any("messages" in r or isinstance(r.get("completion"), list) for r in rows)
+        template = training_chat_template(tokenizer) if chat else None
+        cut = None if t.packing else t.max_length
+
+        columns = TokenColumns(cut)
+        for row in rows:
+            columns.append(mask_of(row, tokenizer, template))
+        train, evaluation = columns.datasets(len(splits["train"]))
+        tokenized = Tokenized(train, evaluation, len(rows), reused=False, truncated=cut is not None)
+    # The rows come tokenized exactly as the token checks saw them (tools, tool calls and `weight: 0` included),
+    # with their labels, and Arrow never sees the rows' nested tool schemas. Cut to max_length already, they need
+    # nothing of TRL's preparation (tokenize, build labels, truncate: each a pass over every row), except packing.
     # TRL does not truncate padding-free batches without packing; the token checks have already
     # refused any example longer than max_length in that case.
     unpacked_padding_free = t.padding_free and not t.packing
@@ -113,14 +140,14 @@ def sft(config, model, tokenizer, splits, args, has_eval, callbacks):
         max_length=None if unpacked_padding_free else t.max_length,
         packing=t.packing,
         padding_free=t.padding_free,
-        # The mask is in the tokenized rows' `assistant_masks`, which TRL applies to the labels as it is.
-        assistant_only_loss=False,
+        assistant_only_loss=False,  # the mask is in the labels already
+        dataset_kwargs={"skip_prepare_dataset": True} if tokenized.truncated else None,
     )
     return SFTTrainer(
         model=model,
         args=sft_args,
-        train_dataset=tokenized(splits["train"]),
-        eval_dataset=tokenized(splits["eval"]) if has_eval else None,
+        train_dataset=tokenized.train,
+        eval_dataset=tokenized.eval if has_eval else None,
         processing_class=tokenizer,
         peft_config=lora_spec(config),
         callbacks=callbacks,

@@ -140,7 +140,9 @@ def _unweighted(messages: list[dict], mask: list[int]) -> list[int]:
     return out
 
 
-def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0) -> TokenReport:
+def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0, pairs=None) -> TokenReport:
+    """The checks. `pairs` (a list, or trainer.tokencache.TokenColumns) gets each SFT row's (input ids, mask)
+    appended, so that training reuses these tokens instead of tokenizing again."""
     report = TokenReport()
     max_length = config.training.max_length
     if config.task in ("orpo", "dpo", "classification"):
@@ -170,20 +172,23 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0)
         except ValueError as exc:
             report.problems.append(Problem(row.get("_where", "?"), str(exc), "drop `weight` or fix the template"))
             continue
+        if pairs is not None:
+            pairs.append((ids, mask))
         report.lengths.append(len(ids))
         if len(ids) > max_length:
             report.truncated += 1
         kept_ids, kept_mask = ids[:max_length], mask[:max_length]
         if sum(kept_mask) < sum(mask):
             report.lost_trained += 1
-        if eot is not None and any(t == eot and m for t, m in zip(ids, mask, strict=True)):
+        # (each `not report.…` first: once found, no other row's tokens need walking for it)
+        if eot is not None and not report.eot_trained_untruncated and _trains(eot, ids, mask):
             report.eot_trained_untruncated = True
         if not any(kept_mask):
             beyond = f"every trained token lies beyond max_length {max_length}"
             reason = "no trained tokens" if not any(mask) else beyond
             hint = "the assistant turn is empty or outside the template's generation markers"
             report.problems.append(Problem(row.get("_where", "?"), reason, hint))
-        if eot is not None and any(t == eot and m for t, m in zip(kept_ids, kept_mask, strict=True)):
+        if eot is not None and not report.eot_trained and _trains(eot, kept_ids, kept_mask):
             report.eot_trained = True
         if len(report.previews) < show:
             report.previews.append(_pieces(tokenizer, kept_ids, kept_mask))
@@ -214,6 +219,10 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0)
                 )
             )
     return report
+
+
+def _trains(token: int, ids: list[int], mask: list[int]) -> bool:
+    return any(t == token and m for t, m in zip(ids, mask, strict=True))
 
 
 def _end_of_turn_id(tokenizer) -> int | None:

@@ -111,10 +111,23 @@ def _run(run_dir: Path) -> int:
         print(f"restarted: continuing from {own}", flush=True)
 
     # 2. Tokenizer, and what each example will train on: refuse before loading the model.
+    from trainer.recipes import on_this_machine
+
+    t = on_this_machine(config).training  # bf16 and checkpointing left unset: decided here, for this machine
+    print(
+        f"bf16: {'on' if t.bf16 else 'off'}, gradient checkpointing: {'on' if t.gradient_checkpointing else 'off'}",
+        flush=True,
+    )
     base = resolve_base_model(config, cache_dir=default_cache_dir(fallback=workdir / "cache" / "models"))
     print(f"base model: {config.base_model} ({base})", flush=True)
     tokenizer = load_tokenizer(base)
-    problems = check_tokens(config, tokenizer, splits)
+    tokenized = None  # SFT: the datasets the checks tokenized, reused by the trainer (and by the next run: cached)
+    if config.task == "sft":
+        from trainer.tokencache import checked_tokens
+
+        problems, tokenized = checked_tokens(config, tokenizer, splits, task_dir, workdir / "cache" / "tokenized", say)
+    else:
+        problems = check_tokens(config, tokenizer, splits)
     from trainer.validate import module_problems
 
     problems += module_problems(config, base)  # lora.target_modules, from config.json before the weights download
@@ -148,6 +161,7 @@ def _run(run_dir: Path) -> int:
         splits,
         output_dir,
         [events_callback(events, lambda ckpt: name_the_base(ckpt, config)), stopper],
+        tokenized,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.requested or stopper.stopped:
@@ -207,6 +221,10 @@ def _run(run_dir: Path) -> int:
     events.emit("done", step=trainer.state.global_step, total_steps=trainer.state.max_steps, **final)
     print(f"saved adapter to {output_dir}", flush=True)
     return 0
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
 
 
 def check_tokens(config: TaskConfig, tokenizer, splits: dict) -> list:
