@@ -13,18 +13,16 @@ from tests.conftest import run_gpurun
 from tests.test_gpus_and_secrets import TWO_FREE, fake_gpus
 from tests.test_lifecycle import host_events, last_step, wait_for
 from trainer.checkpoints import COMPLETE_MARKER
-from trainer.workers import process_count, worker_envs
+from trainer.pushed import trainer_argv
+from trainer.workers import ELASTIC_BOOTSTRAP, elastic_argv, process_count
 
 
-def test_one_process_per_gpu_with_the_rendezvous_pytorch_reads():
+def test_one_process_per_gpu_started_by_torchrun_with_the_same_python_and_trainer_copy():
     assert process_count(None) == process_count("") == 1
     assert process_count("0,2") == 2
-    envs = worker_envs({"A": "1"}, 2, 29500)
-    assert [(e["RANK"], e["LOCAL_RANK"], e["WORLD_SIZE"], e["MASTER_PORT"]) for e in envs] == [
-        ("0", "0", "2", "29500"),
-        ("1", "1", "2", "29500"),
-    ]
-    assert worker_envs({"A": "1"}, 1, 0) == [{"A": "1"}]
+    trainer = trainer_argv("/venv/bin/python", "run", "/w/runs/r1", root="/w/trainer/0.1")
+    # The launcher process runs from the pushed copy too, and hands torchrun the trainer's own argv, unchanged.
+    assert elastic_argv(trainer, 2) == ["/venv/bin/python", "-c", ELASTIC_BOOTSTRAP, "/w/trainer/0.1", "2", *trainer]
 
 
 def test_two_gpus_train_as_two_processes_and_rank_0_speaks(ssh_project, host_workdir, tmp_path):

@@ -27,7 +27,7 @@ from trainer.gpus import GpuError, claim_gpus
 from trainer.interpreter import no_stack_message, training_python
 from trainer.pushed import copy_info, trainer_argv
 from trainer.sizes import human_bytes
-from trainer.workers import process_count, run_workers
+from trainer.workers import process_count, run_workers, trainer_processes
 
 RUN_FILE = "run.json"
 PID_FILE = "pid"
@@ -492,7 +492,8 @@ def run_state(run_dir: Path) -> dict:
     else:
         info = _pid_info(run_dir)
         young = time.time() - (run_dir / RUN_FILE).stat().st_mtime < STARTING_GRACE_S
-        if (info is None and young) or (info is not None and job_alive(info)):
+        # torchrun's workers live in sessions of their own: the job lives while any of them does, too.
+        if (info is None and young) or (info is not None and job_alive(info)) or trainer_processes(run_dir):
             out["state"] = "running"
         else:
             ended = trainers_ended(run_dir, process_count(record.get("gpus")))
@@ -645,17 +646,22 @@ def cmd_stop(args: list[str]) -> int:
     while time.time() < deadline and run_state(run_dir)["state"] == "running":
         info = info or _pid_info(run_dir)  # absent only while a `start` is between run.json and the pid file
         if info is not None and not asked:
-            _ask_to_stop(info)
+            _ask_to_stop(info, run_dir)
             asked = True
         time.sleep(0.2)
     killed = False
     if run_state(run_dir)["state"] == "running" and info is not None:
         _signal_group(info.get("pgid") or info["pid"], signal.SIGKILL)
+        _signal_each(trainer_processes(run_dir), signal.SIGKILL)  # torchrun's workers, outside the group
         killed = True
         gone_by = time.time() + 10
-        while job_alive(info) and time.time() < gone_by:
+        while (job_alive(info) or trainer_processes(run_dir)) and time.time() < gone_by:
             time.sleep(0.1)
-    if not (run_dir / EXIT_FILE).exists() and not (info is not None and job_alive(info)):
+    if (
+        not (run_dir / EXIT_FILE).exists()
+        and not (info is not None and job_alive(info))
+        and not trainer_processes(run_dir)
+    ):
         # No wrapper is left to say how the job ended (killed with the group, or killed alone earlier): say it here,
         # from the trainers' own records when they left them.
         ended = trainers_ended(run_dir, process_count(run_state(run_dir).get("gpus")))
@@ -664,17 +670,23 @@ def cmd_stop(args: list[str]) -> int:
     return 0
 
 
-def _ask_to_stop(info: dict) -> None:
+def _ask_to_stop(info: dict, run_dir: Path) -> None:
     """One SIGTERM to the wrapper, which forwards one to each trainer; they save a checkpoint and exit. When the
-    wrapper is gone, to the trainers it left behind: the group's processes whose parent is outside the group."""
+    wrapper is gone, to the processes it left behind: the group's processes whose parent is outside the group (the
+    trainer, or the torchrun launcher that forwards it), or else torchrun's workers it left in their own sessions."""
     if process_marker(info["pid"]) == info.get("marker"):
         targets = [info["pid"]]
     else:
         members = group_members(info.get("pgid") or info["pid"])
         targets = [pid for pid, parent in members.items() if parent not in members]
-    for pid in targets:
+        targets = targets or trainer_processes(run_dir)
+    _signal_each(targets, signal.SIGTERM)
+
+
+def _signal_each(pids: list[int], signum: int) -> None:
+    for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signum)
         except ProcessLookupError:
             pass
 

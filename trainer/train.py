@@ -23,6 +23,7 @@ from trainer.tiny import default_cache_dir
 OUTPUT_DIR = "output"
 EXIT_STOPPED = 128 + signal.SIGTERM
 SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+DIGEST_ENV = "GPURUN_TRAINED_DIGEST"  # tests: each process records a hash of the weights it trained
 
 
 class StopRequest:
@@ -45,6 +46,8 @@ def run(run_dir: Path) -> int:
 
     run_dir = Path(run_dir).resolve()
     rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # torchrun's workers share its output (train.log, rank 0's): ranks >= 1 write their own log
+        own_log(run_dir / f"train.rank{rank}.log")
     code = 1  # what an exception on the way out makes of the process
     try:
         code = _run(run_dir)
@@ -64,6 +67,14 @@ def run(run_dir: Path) -> int:
     return code
 
 
+def own_log(path: Path) -> None:
+    """This process's stdout and stderr (and its children's) go to path, appended, from here on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _run(run_dir: Path) -> int:
     workdir = run_dir.parent.parent
     stop = StopRequest()
@@ -72,6 +83,8 @@ def _run(run_dir: Path) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     route_library_noise(run_dir / debug_log_name(rank))  # before the libraries load: train.log is for people
     events = EventWriter(run_dir / EVENTS_FILE if rank == 0 else None)
+    if world > 1:  # which process this log is, as the launcher (torchrun) numbered it
+        print(f"process: rank {rank} of {world} (local rank {os.environ.get('LOCAL_RANK', rank)})", flush=True)
     # Names only, never values: proof that the secrets arrived, safe to log.
     secrets = sorted(name for name in os.environ if name in SECRET_NAMES or name in record.get("secret_env", []))
     events.emit(
@@ -164,6 +177,8 @@ def _run(run_dir: Path) -> int:
         tokenized,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if os.environ.get(DIGEST_ENV):
+        write_trained_digest(trainer.model, run_dir / f"trained_digest.rank{rank}")
     if stop.requested or stopper.stopped:
         checkpoint = latest_complete_checkpoint(output_dir)
         events.emit("stopped", step=trainer.state.global_step, checkpoint=checkpoint.name if checkpoint else None)
@@ -225,6 +240,18 @@ def _run(run_dir: Path) -> int:
 
 def say(line: str) -> None:
     print(line, flush=True)
+
+
+def write_trained_digest(model, path: Path) -> None:
+    """sha256 of the trained parameters (by name, in order): equal across DDP processes when they stayed in step."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    path.write_text(digest.hexdigest() + "\n")
 
 
 def check_tokens(config: TaskConfig, tokenizer, splits: dict) -> list:

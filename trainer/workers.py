@@ -1,21 +1,33 @@
-"""One training process per GPU (PyTorch DDP), started and watched by the wrapper. Standard library only.
+"""The training processes of a run, started and watched by the wrapper.
 
-What `torchrun --standalone` does, kept in the wrapper we already trust with a run's life: the wrapper
-starts the workers with the rendezvous variables PyTorch reads (MASTER_ADDR/PORT, WORLD_SIZE, RANK,
-LOCAL_RANK), forwards `gpurun stop`'s SIGTERM to each, and when one worker fails stops the others
-(they would wait for it in a collective forever). Rank 0 writes train.log and the events; rank N
-writes train.rankN.log, whose tail lands in train.log if it fails.
+One process (the CPU, one GPU) is started directly. Several (one per GPU, PyTorch DDP) are started by
+PyTorch's own launcher, torchrun's elastic agent (`torch.distributed.run`), in a small launcher process
+of ours (`elastic_main`, run with the training Python) that turns torchrun's outcome into what gpurun
+promises: the failing rank's own exit code and last lines in train.log, not torchrun's generic 1, and a
+`gpurun stop` that reaches every worker. Rank 0 writes train.log and the events; rank N writes
+train.rankN.log (trainer/train.py points its own output there).
+
+Everything but `elastic_main` is standard library only: the wrapper imports it.
 """
 
 import os
 import signal
-import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
-PEER_GRACE_S = 30.0  # after one worker fails: how long the others get to exit on SIGTERM
+from trainer.pushed import BOOTSTRAP
+
+PEER_GRACE_S = 60  # after one worker ends (failed, or stopped and saved): how long its peers get before SIGKILL
+JOIN_TIMEOUT_S = 120  # the rendezvous: every worker of one host has joined well before this, or the run fails
 TAIL_LINES = 20
+
+# `python -c ELASTIC_BOOTSTRAP ROOT COUNT WORKER_ARGV...`: the launcher process, from the same trainer copy.
+ELASTIC_BOOTSTRAP = (
+    "import os, sys; sys.path.insert(0, os.path.abspath(sys.argv.pop(1))); "
+    "from trainer.workers import elastic_main; sys.exit(elastic_main(sys.argv[1:]))"
+)
 
 
 def process_count(gpus: str | None) -> int:
@@ -23,22 +35,15 @@ def process_count(gpus: str | None) -> int:
     return len([g for g in (gpus or "").split(",") if g.strip()]) or 1
 
 
-def worker_envs(env: dict, count: int, port: int) -> list[dict]:
-    if count == 1:
-        return [env]
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(count)}
-    rendezvous["LOCAL_WORLD_SIZE"] = str(count)
-    return [{**env, **rendezvous, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(count)]
-
-
-def log_name(rank: int, main_log: str) -> str:
+def log_name(rank: int, main_log: str = "train.log") -> str:
     return main_log if rank == 0 else f"train.rank{rank}.log"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def elastic_argv(argv: list[str], count: int) -> list[str]:
+    """The launcher process that runs `count` copies of the trainer argv (`python -c BOOTSTRAP ROOT run RUN_DIR`)
+    under torchrun: the same Python and the same trainer copy as the trainer itself."""
+    python, root = argv[0], argv[3]
+    return [python, "-c", ELASTIC_BOOTSTRAP, root, str(count), *argv]
 
 
 def run_workers(
@@ -50,98 +55,154 @@ def run_workers(
     pass_fds: list[int],
     stopping: list[int] | None = None,
 ) -> int:
-    """Start `count` workers of argv and wait for all; returns the run's exit code (the first failure's).
+    """Run the trainer argv as `count` processes and wait; returns the run's exit code as a shell reports it.
 
     `stopping` holds the signals that asked the run to stop so far (the caller's handler collected any that came
-    before the workers existed): they are forwarded as soon as the workers do.
+    before the child existed): they are forwarded as soon as it does.
     """
-    envs = worker_envs(env, count, free_port() if count > 1 else 0)
-    logs = [open(run_dir / log_name(rank, main_log), "ab") for rank in range(count)]  # noqa: SIM115
-    # The workers start with SIGTERM blocked (a signal mask survives exec) and unblock it once their handler is in
-    # place (trainer/train.py's StopRequest): a stop while they still import is a clean stop, not a death.
+    if count > 1:
+        argv = elastic_argv(argv, count)
+        # torchrun would set 1 and print a banner about it into train.log; the CPUs shared out is better.
+        env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(max(1, _cpus() // count))}
+    # The child starts with SIGTERM blocked (a signal mask survives exec): the trainer unblocks it once its handler
+    # is in place (trainer/train.py's StopRequest), the launcher keeps it for its forwarding thread. A stop while
+    # they still import is then a clean stop, not a death.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    children = [
-        subprocess.Popen(
+    with open(run_dir / main_log, "ab") as log:
+        child = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=worker_env,
+            env=env,
             cwd=run_dir,
-            pass_fds=pass_fds,  # if the wrapper is killed, the trainers still hold their GPUs
+            pass_fds=pass_fds,  # if the wrapper is killed, the child still holds the GPU locks
         )
-        for log, worker_env in zip(logs, envs, strict=True)
-    ]
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-    stopping = stopping if stopping is not None else []  # once `gpurun stop` arrived, exits are not failures
+    stopping = stopping if stopping is not None else []
 
     def forward(signum, frame):  # let the trainers save and exit; we stay to record how it ended
-        if frame is not None:
-            stopping.append(signum)
-        for child in children:
-            try:
-                child.send_signal(signum)
-            except ProcessLookupError:
-                pass
+        stopping.append(signum)
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    if stopping:  # came while the workers were being started
+    if stopping:  # came while the child was being started
         forward(stopping[0], None)
-    # Blocking wait: woken by the first worker to exit, so the one that failed first (the cause) is
-    # told from the peers that fail a moment later because it left (a "connection reset"). Those
-    # already gone when we wake are reaped together; a death by signal is taken as the cause.
-    by_pid = {child.pid: rank for rank, child in enumerate(children)}
-    first_failure, killer = None, None
-    while any(child.returncode is None for child in children):
-        ended = [os.wait()] + _already_ended()  # os.wait is retried across our signal handler (PEP 475)
-        failed = []
-        for pid, status in ended:
-            if pid in by_pid:
-                children[by_pid[pid]].returncode = os.waitstatus_to_exitcode(status)
-                if children[by_pid[pid]].returncode != 0:
-                    failed.append(by_pid[pid])
-        if failed and first_failure is None and not stopping:
-            first_failure = min(failed, key=lambda r: (children[r].returncode >= 0, failed.index(r)))
-            if count > 1:
-                _note_failure(run_dir, main_log, first_failure, children[first_failure].returncode)
-                forward(signal.SIGTERM, None)  # the others would wait for it in a collective forever
-                killer = threading.Timer(PEER_GRACE_S, forward, (signal.SIGKILL, None))
-                killer.daemon = True
-                killer.start()
-    if killer is not None:
-        killer.cancel()
-    for log in logs:
-        log.close()
-    if first_failure is None:  # stopped: rank 0's code says how
-        first_failure = next((r for r, c in enumerate(children) if c.returncode != 0), None)
-    return _shell_code(children[first_failure].returncode) if first_failure is not None else 0
+    return _shell_code(child.wait())  # retried across our signal handler (PEP 475)
 
 
-def _already_ended() -> list[tuple[int, int]]:
-    """(pid, status) of every child that has ended by now, without waiting."""
-    ended = []
-    while True:
+def trainer_processes(run_dir: Path) -> list[int]:
+    """Live trainer processes of this run, wherever they are: torchrun starts each worker in a session of its own,
+    out of the wrapper's process group, so they are found by their command line (`... BOOTSTRAP ROOT run RUN_DIR`)."""
+    wanted = os.fsencode(str(run_dir))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:  # none left at all
-            return ended
-        if pid == 0:  # the rest are still running
-            return ended
-        ended.append((pid, status))
+            argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if argv[-2:] == [b"run", wanted] and BOOTSTRAP.encode() in argv and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
 
 
-def _note_failure(run_dir: Path, main_log: str, rank: int, code: int) -> None:
-    """A failing worker's last lines, where the user is looking (train.log, shown by logs -f)."""
-    if rank == 0:
-        return
-    name = log_name(rank, main_log)
-    tail = (run_dir / name).read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    with open(run_dir / main_log, "a") as log:
-        log.write(f"error: rank {rank} exited with {_shell_code(code)}; the end of {name}:\n")
-        log.writelines(f"  {line}\n" for line in tail)
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _shell_code(code: int) -> int:
     return code if code >= 0 else 128 - code  # killed by signal N -> 128+N, as shells report it
+
+
+# ---------------------------------------------------------------- the launcher process (training Python)
+
+
+def elastic_main(args: list[str]) -> int:
+    """`COUNT WORKER_ARGV...`: torchrun's elastic agent runs COUNT workers on this host; our exit code is the run's.
+
+    A stop (SIGTERM) is forwarded to each worker by a thread of ours rather than by torchrun, whose own handling
+    would give the workers only its shutdown timeout to save before SIGKILL; gpurun stop's --grace decides that.
+    """
+    count, worker_argv = int(args[0]), args[1:]
+    run_dir = Path(worker_argv[-1])
+    # The wrapper started us with SIGTERM blocked; it stays blocked in every thread torchrun starts, and in the
+    # workers until their handler is in place, so only our thread ever receives it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    stopping = threading.Event()
+    threading.Thread(target=_forward_stops, args=(run_dir, stopping), daemon=True).start()
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    options = [
+        "--standalone",  # one host: a c10d rendezvous on a free local port
+        f"--nproc-per-node={count}",
+        "--max-restarts=0",  # a failed worker fails the run: a restart would begin again from step 0
+        f"--rdzv-conf=join_timeout={JOIN_TIMEOUT_S}",
+        f"--shutdown-timeout={PEER_GRACE_S}",
+        "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT",  # SIGTERM is ours (above)
+        f"--log-dir={run_dir / 'torchelastic'}",  # its error files, in the run rather than in /tmp
+        "--no-python",
+        *worker_argv,
+    ]
+    try:
+        run(get_args_parser().parse_args(options))
+    except ChildFailedError as exc:
+        if stopping.is_set():  # each worker saved and exited on the stop: not a failure
+            return 128 + signal.SIGTERM
+        rank, failure = first_failure(exc.failures)
+        code = _shell_code(failure.exitcode)
+        print(failure_note(run_dir, rank, code), end="", flush=True)  # our stdout is train.log
+        return code
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    except Exception as exc:  # the rendezvous itself failed: torchrun's traceback says nothing a user can act on
+        print(f"error: torchrun could not start the {count} training processes: {exc}", flush=True)
+        return 1
+    return 0
+
+
+def _forward_stops(run_dir: Path, stopping: threading.Event) -> None:
+    """Wait for the stop's SIGTERM, then pass it to every worker, including any that torchrun starts later."""
+    signal.sigwait({signal.SIGTERM})
+    stopping.set()
+    told: set[int] = set()
+    while True:
+        for pid in trainer_processes(run_dir):
+            if pid not in told:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                told.add(pid)
+        time.sleep(0.5)
+
+
+def first_failure(failures: dict) -> tuple[int, object]:
+    """The cause among torchrun's failures: a death by signal before an exit (the peers of a killed worker exit
+    with errors a moment later because it left), then the earliest, then the lowest rank."""
+    rank = min(failures, key=lambda r: (failures[r].exitcode >= 0, failures[r].timestamp, r))
+    return rank, failures[rank]
+
+
+def failure_note(run_dir: Path, rank: int, code: int) -> str:
+    """A failing worker's last lines, where the user is looking (train.log, shown by logs -f)."""
+    if rank == 0:
+        return ""  # its own lines are already there
+    name = log_name(rank)
+    try:
+        tail = (run_dir / name).read_text(errors="replace").splitlines()[-TAIL_LINES:]
+    except OSError:
+        tail = []
+    return f"error: rank {rank} exited with {code}; the end of {name}:\n" + "".join(f"  {line}\n" for line in tail)
