@@ -119,6 +119,16 @@ def test_hosts_yaml_slurm_mistakes_are_one_line_errors_with_a_hint(tmp_path, ent
     assert hint in err.value.hint
 
 
+def test_gpus_on_a_slurm_host_is_refused_before_anything_moves(tmp_path):
+    entry = {"ssh": "me@login.invalid", "scheduler": "slurm", "slurm": {"gpus_per_node": 2}}
+    project = write_project(tmp_path / "project", {"cluster": entry}, default="cluster", task_name="hr")
+    result = run_gpurun(project, "train", "tasks/hr", "--gpus", "2")
+    assert result.returncode == 1
+    assert "Error: --gpus does not apply on cluster: Slurm chooses the GPUs there" in result.stderr + result.stdout
+    assert "Hint: set hosts.cluster.slurm.gpus_per_node in hosts.yaml" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_readme_slurm_entry_loads_verbatim(tmp_path):
     section = (Path(__file__).resolve().parent.parent / "README.md").read_text().split("## Slurm clusters", 1)[1]
     block = []
@@ -270,8 +280,9 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_resumes_and_succeeds_wi
     slurm_project, host_workdir, cluster
 ):
     # Slurm checks time limits every 30 s and sends the --signal once fewer than lead + 30 s are left: with a
-    # 2-minute limit and a 60 s lead it comes 30-60 s into each attempt, while 400 steps (~70 s here) still run.
-    steps = 400
+    # 2-minute limit and a 60 s lead it comes 30-60 s into each attempt, while the first one still runs: 300 steps,
+    # then samples and the eval suite, take over 70 s on an idle 2-core machine (and far longer on a busy one).
+    steps = 300
     project = slurm_project(steps=steps, time="2", signal_lead=60)
     sets = [
         "--set",
@@ -297,7 +308,7 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_resumes_and_succeeds_wi
     # The cluster's admin lifts the limit of the requeued job: every attempt would otherwise be signalled again,
     # and on a loaded 2-core machine an attempt can spend its whole minute starting up. What is tested is done.
     cluster.run("scontrol", "update", f"JobId={job_id}", "TimeLimit=UNLIMITED")
-    logs = run_gpurun(project, "logs", "-f", timeout=600)
+    logs = run_gpurun(project, "logs", "-f", timeout=1200)
     assert logs.returncode == 0, logs.stdout + logs.stderr
     assert "succeeded" in logs.stdout
     log = (run_dir / "train.log").read_text()
@@ -310,3 +321,19 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_resumes_and_succeeds_wi
     assert events[-1]["kind"] == "done" and events[-1]["step"] == steps
     assert json.loads((run_dir / "output" / "trainer_state.json").read_text())["global_step"] == steps
     assert not (run_dir / "stop_requested").exists()
+
+
+@needs_slurm
+def test_a_job_sbatch_refuses_is_one_error_and_leaves_no_run_behind(slurm_project, host_workdir):
+    project = slurm_project(partition="nosuch")
+    train = run_gpurun(project, "train", "tasks/hr")
+    assert train.returncode == 1, train.stdout + train.stderr
+    said = train.stdout + train.stderr
+    assert (
+        "Error: on cluster: sbatch refused the job: sbatch: error: Batch job submission failed: Invalid partition"
+        in said
+    )
+    assert "Hint: check slurm: in hosts.yaml (partition, account, time) against `sinfo`" in said, said
+    assert "Traceback" not in said
+    assert not list((host_workdir / "runs").iterdir())  # nothing half-made on the cluster
+    assert "no runs yet" in run_gpurun(project, "status").stderr  # nor in the laptop's history
