@@ -14,7 +14,7 @@ import yaml
 from launcher.runs import History
 from tests.conftest import run_gpurun
 from tests.test_gpus_and_secrets import TWO_FREE, fake_gpus
-from tests.test_lifecycle import final_loss, host_events, last_step, latest_run_id, status_of, wait_for
+from tests.test_lifecycle import children_of, final_loss, host_events, last_step, latest_run_id, status_of, wait_for
 from tests.test_multi_gpu import rank_pid
 from trainer.checkpoints import COMPLETE_MARKER
 from trainer.train import DIGEST_ENV
@@ -148,3 +148,25 @@ def test_workers_left_behind_by_a_killed_wrapper_and_torchrun_are_running_and_st
     assert processes_of(run_dir) == []
     assert run_gpurun(ssh_project, "logs", "-f", run_id).returncode == 130
     assert History(ssh_project).get(run_id).state == "stopped"
+
+
+def test_torchruns_agent_killed_alone_leaves_a_running_run_that_stop_ends_with_a_checkpoint(
+    ssh_project, host_workdir, tmp_path
+):
+    two_gpu_project(ssh_project, tmp_path)
+    run_id = train_two(ssh_project, "--set", "training.max_steps=400", "--set", "training.logging_steps=1")
+    run_dir = host_workdir / "runs" / run_id
+    wait_for(lambda: last_step(run_dir) >= 2, timeout=600, what="step 2")
+    wrapper = json.loads((run_dir / "pid").read_text())["pid"]
+    (agent,) = children_of(wrapper)
+    os.kill(agent, signal.SIGKILL)
+    # Its workers train on in their own sessions: the wrapper does not call the run over while they do.
+    step = last_step(run_dir)
+    wait_for(lambda: last_step(run_dir) > step, timeout=120, what="a step after the agent died")
+    assert not (run_dir / "exit_code").exists() and "running" in status_of(ssh_project, run_id)
+    stop = run_gpurun(ssh_project, "stop", run_id, "--grace", "120")
+    assert stop.returncode == 0 and f"{run_id}: stopped" in stop.stdout, stop.stdout + stop.stderr
+    stopped = [e for e in host_events(run_dir) if e["kind"] == "stopped"]
+    assert len(stopped) == 1 and (run_dir / "output" / stopped[0]["checkpoint"] / COMPLETE_MARKER).exists()
+    assert (run_dir / "exit_code").read_text() == "143\n"  # the wrapper's record, from the workers' own word
+    assert processes_of(run_dir) == []

@@ -83,16 +83,35 @@ def run_workers(
 
     def forward(signum, frame):  # let the trainers save and exit; we stay to record how it ended
         stopping.append(signum)
-        try:
+        if child.poll() is None:
             child.send_signal(signum)
-        except ProcessLookupError:
-            pass
+        else:  # the launcher was killed alone (below): its workers are told directly
+            _signal_each(trainer_processes(run_dir), signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     if stopping:  # came while the child was being started
         forward(stopping[0], None)
-    return _shell_code(child.wait())  # retried across our signal handler (PEP 475)
+    code = child.wait()  # retried across our signal handler (PEP 475)
+    if count > 1 and code < 0 and trainer_processes(run_dir):
+        # torchrun's agent was killed alone; its workers, in sessions of their own, train on. The run lasts as
+        # long as they do (a stop now reaches them directly), and ends as they themselves say it ended.
+        while trainer_processes(run_dir):
+            time.sleep(0.5)
+        from trainer.hostside import trainers_ended  # (hostside imports this module)
+
+        ended = trainers_ended(run_dir, count)
+        if ended is not None:
+            return int(ended["code"])
+    return _shell_code(code)
+
+
+def _signal_each(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def trainer_processes(run_dir: Path) -> list[int]:
