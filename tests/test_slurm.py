@@ -225,7 +225,9 @@ def test_queued_while_the_partition_is_full_then_runs_and_stops_with_one_checkpo
     slurm_project, host_workdir, cluster
 ):
     project = slurm_project(steps=200)
-    blocker = cluster.run("sbatch", "--parsable", "--exclusive", "--wrap", "sleep 120").stdout.strip()
+    blocker = cluster.run(
+        "sbatch", "--parsable", "--exclusive", "--output=/dev/null", "--wrap", "sleep 120"
+    ).stdout.strip()
     wait_for(lambda: any(line.startswith(f"{blocker} RUNNING") for line in cluster.squeue()), 30, "the blocker")
 
     train = run_gpurun(project, "train", "tasks/hr")
@@ -263,7 +265,9 @@ def test_queued_while_the_partition_is_full_then_runs_and_stops_with_one_checkpo
 @needs_slurm
 def test_stop_of_a_queued_job_cancels_it_and_nothing_ever_runs(slurm_project, host_workdir, cluster):
     project = slurm_project()
-    blocker = cluster.run("sbatch", "--parsable", "--exclusive", "--wrap", "sleep 120").stdout.strip()
+    blocker = cluster.run(
+        "sbatch", "--parsable", "--exclusive", "--output=/dev/null", "--wrap", "sleep 120"
+    ).stdout.strip()
     wait_for(lambda: any(line.startswith(f"{blocker} RUNNING") for line in cluster.squeue()), 30, "the blocker")
     assert run_gpurun(project, "train", "tasks/hr").returncode == 0
     stop = run_gpurun(project, "stop")
