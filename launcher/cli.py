@@ -225,6 +225,11 @@ def logs(run, follow, tail):
     except KeyboardInterrupt:
         console.print(f"\ndetached; {record.run_id} goes on on {record.host}. Reattach: gpurun logs -f {record.run_id}")
         sys.exit(0)
+    from launcher.nodes import end_state, nodes_of
+
+    nodes = nodes_of(root, history, record)
+    if nodes:  # several hosts: node 0 was followed; a failure on another node ended the run, and is named
+        state = end_state(nodes, record.run_id, state, console.print)
     history.update_state(record.run_id, state)
     sys.exit(_report_end(console, state))
 
@@ -350,6 +355,11 @@ def status(run):
     refresh_state(history, remote, record)
     row = {**history.get(record.run_id).__dict__}
     _console().print(runs_table([row]))
+    from launcher.nodes import node_lines, node_states, nodes_of
+
+    nodes = nodes_of(root, history, record)
+    for line in node_lines(nodes, node_states(nodes, record.run_id)) if nodes else []:
+        _console().print(line)
 
 
 @main.command()
@@ -415,8 +425,14 @@ def stop(run, grace):
     waiting = f"stopping {record.run_id}: waiting for the checkpoint at the next step (SIGKILL after {grace:g}s)…"
     if not console.is_terminal:
         console.print(waiting)  # piped: one line; on a terminal, the spinner below says it
+    from launcher.nodes import nodes_of, stop_all
+
+    nodes = nodes_of(root, history, record)
     with console.status(waiting):
-        state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
+        if nodes:  # several hosts: every node at once; node 0's state is the run's
+            state = stop_all(nodes, record.run_id, grace)
+        else:
+            state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
     history.update_state(record.run_id, state)
     ended = state.get("state")
     console.print(f"{record.run_id}: {ended}" + ("" if ended == "stopped" else " (it had already ended)"))

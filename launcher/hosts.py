@@ -35,6 +35,8 @@ HOST_KEYS = (
     "secret_env",
     "scheduler",
     "slurm",
+    "nodes",
+    "node_addr",
 )
 SLURM_KEYS = ("partition", "account", "time", "nodes", "gpus_per_node", "sbatch_args", "signal_lead")
 
@@ -58,6 +60,10 @@ class Host:
     # For a name not in hosts.yaml (taken as an ssh target): the hosts.yaml names it is close to, so a
     # typo that ssh cannot resolve gets "did you mean". Worked out here, where it costs no round trip.
     nearby: list[str] = field(default_factory=list)
+    # Several hosts, one run (launcher/nodes.py): `nodes:` names other entries; `node_addr:` is the address the
+    # other nodes reach this one at (default: the HostName the laptop's ssh resolves for it).
+    nodes: list[str] = field(default_factory=list)
+    node_addr: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -84,6 +90,9 @@ def load_hosts(root: Path) -> tuple[str, dict[str, Host]]:
         raise GpurunError(f"{path}: expected `default:` and `hosts:`", "see README: hosts.yaml")
     for name, entry in (raw.get("hosts") or {}).items():
         hosts[str(name)] = _host_from_entry(str(name), entry or {}, path)
+    for name, host in hosts.items():
+        if host.nodes:
+            node_names(name, hosts, f"{path}: hosts.{name}.nodes")  # a wrong node is told whatever the command
     default = str(raw.get("default", LOCAL))
     return default, hosts
 
@@ -123,6 +132,14 @@ def _host_from_entry(name: str, entry: dict, path: Path) -> Host:
         # ssh would read "-oProxyCommand=..." as an option: a target must look like [user@]host.
         raise GpurunError(f"{path}: hosts.{name}.ssh: {host.ssh!r} is not an ssh target", "e.g. ssh: user@10.0.0.5")
     host.secret_env = [str(s) for s in entry.get("secret_env") or []]
+    if entry.get("node_addr") is not None:
+        host.node_addr = str(entry["node_addr"])
+    if entry.get("nodes") is not None:
+        nodes = entry["nodes"]
+        if not isinstance(nodes, list) or not all(isinstance(n, str) and n.strip() for n in nodes):
+            hint = "a list of host names, e.g. nodes: [a100-1, a100-2]"
+            raise GpurunError(f"{path}: hosts.{name}.nodes: {nodes!r}", hint)
+        host.nodes = [n.strip() for n in nodes]
     if entry.get("scheduler") is not None or entry.get("slurm") is not None:
         host.scheduler, host.slurm = _slurm_settings(name, entry, path)
     return host
@@ -175,8 +192,38 @@ def resolve_host(root: Path, name: str | None) -> Host:
     """A host by name; a name not in hosts.yaml is taken as an ssh target or ~/.ssh/config alias."""
     default, hosts = load_hosts(root)
     name = name or os.environ.get(HOST_ENV) or default  # --host, then GPURUN_HOST, then hosts.yaml's default
+    nodes = node_names(name, hosts, "--host")
+    if nodes:  # several hosts, one run: node 0 holds the run's output, logs and events
+        return hosts[nodes[0]]
     if name in hosts:
         return hosts[name]
     if name.startswith("-") or not name.strip():
         raise GpurunError(f"not a host name: {name!r}", f"known hosts: {', '.join(hosts)}")
     return Host(name=name, ssh=name, nearby=difflib.get_close_matches(name, list(hosts), n=3))
+
+
+def node_names(name: str, hosts: dict[str, Host], where: str) -> list[str] | None:
+    """The hosts of a several-host run (an entry with `nodes:`, or `--host a,b`), checked; None for one host."""
+    if name in hosts and hosts[name].nodes:
+        names = hosts[name].nodes
+    elif "," in name:
+        names = [n.strip() for n in name.split(",")]
+    else:
+        return None
+    for node in names:
+        if node not in hosts:
+            close = difflib.get_close_matches(node, list(hosts), n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known hosts: {', '.join(hosts)}"
+            raise GpurunError(f"{where}: node {node!r} is not a host in hosts.yaml", hint)
+        if names.count(node) > 1:
+            raise GpurunError(f"{where}: node {node!r} is listed twice", "each host is one node: list it once")
+        if hosts[node].scheduler == "slurm":
+            raise GpurunError(
+                f"{where}: node {node!r} is a Slurm login node",
+                f"use its slurm.nodes for several nodes there: gpurun train --host {node}",
+            )
+        if hosts[node].nodes:
+            raise GpurunError(f"{where}: node {node!r} is itself a list of nodes", "list the hosts themselves")
+    if len(names) < 2:
+        raise GpurunError(f"{where}: {names!r} is one node", "list two hosts or more, e.g. nodes: [a100-1, a100-2]")
+    return names

@@ -12,6 +12,7 @@ from launcher import __version__
 from launcher.checks import CheckedTask, check_task, data_paths, task_error, token_checks
 from launcher.errors import GpurunError, host_error
 from launcher.hosts import Host, resolve_host
+from launcher.nodes import Node, copy_checkpoint, each, resolve_nodes, save_nodes, start_nodes
 from launcher.project import state_dir
 from launcher.remote import Remote, check_python, launcher_env_secrets, remote_for
 from launcher.runs import STARTING, History, RunRecord, fetch_resume_info, new_run_id
@@ -86,14 +87,17 @@ def launch(
 
     task = task_name_of(task_dir)
     history = History(root)
-    host = resolve_host(root, host_name)
+    host = resolve_host(root, host_name)  # several hosts: node 0
     remote = remote_for(host)
+    group = resolve_nodes(root, host_name)  # (name, nodes) of a several-host run, else None
+    nodes = group[1] if group else [Node(0, host, remote)]
     if host.scheduler == "slurm" and gpus is not None:
         raise GpurunError(
             f"--gpus does not apply on {host.name}: Slurm chooses the GPUs there",
             f"set hosts.{host.name}.slurm.gpus_per_node in hosts.yaml (GPUs on each node)",
         )
-    check_python(remote, state_dir(root))  # a `python:` that is not there is told now, not after the local checks
+    # A `python:` that is not there is told now, not after the local checks; on every node.
+    each(nodes, lambda node: check_python(node.remote, state_dir(root)))
     resumed: Resumed | None = None
     if resume is None:
         # 1. Check the task on the laptop: nothing moves for an invalid one.
@@ -101,14 +105,17 @@ def launch(
         token_checks(root, task_dir, overrides, experiment)  # masks and lengths, where the tokenizer is at hand
         all_overrides = list(overrides)
         lap("check")
-        # 2. Sync the task (a no-op when nothing changed) and this launcher's trainer.
-        push_task(remote, task_dir, data_files=data_paths(checked.config))
-        trainer_root = push_trainer(remote)
+        # 2. Sync the task (a no-op when nothing changed) and this launcher's trainer, to every node at once:
+        # a node that cannot be reached fails here, before anything starts anywhere.
+        each(nodes, lambda node: push_both(node, task_dir, checked))
+        trainer_root = nodes[0].trainer_root
     else:
         # 1-2. A resume asks the parent's host first (with this launcher's trainer, which knows how):
         # the parent's resolved config is the truth, and a parent with nothing to resume from is
         # refused before the task is pushed or anything starts.
-        trainer_root = push_trainer(remote)
+        for node in nodes:
+            node.trainer_root = push_trainer(node.remote)
+        trainer_root = nodes[0].trainer_root
         resumed = plan_resume(remote, trainer_root, resume, task, task_dir, overrides, experiment, force)
         checked = resumed.checked
         experiment = resumed.experiment
@@ -116,7 +123,9 @@ def launch(
         # No laptop token checks here: the parent passed them, and the host checks every example's
         # tokens again with this exact config before it loads the model.
         lap("check")
-        push_task(remote, task_dir, data_files=data_paths(checked.config))
+        each(nodes, lambda node: push_task(node.remote, task_dir, data_files=data_paths(checked.config)))
+        if group:  # no shared disk: every node resumes from node 0's checkpoint
+            copy_checkpoint(nodes, resume.run_id, resumed.checkpoint)
     remember_task(root, task_dir, history)
     lap("push")
 
@@ -129,7 +138,7 @@ def launch(
         "run_id": run_id,
         "task": task,
         "config": config_to_dict(checked.config),
-        "host": host.name,
+        "host": group[0] if group else host.name,
         "gpus": gpus if gpus is not None else host.gpus,
         "experiment": experiment,
         "overrides": all_overrides,
@@ -148,7 +157,7 @@ def launch(
         run_id=run_id,
         task=task,
         task_dir=str(task_dir.resolve()),
-        host=host.name,
+        host=group[0] if group else host.name,
         trainer_root=trainer_root,
         started_at=started_at,
         state=STARTING,
@@ -160,7 +169,17 @@ def launch(
     )
     history.add(record)
     env = {**host.env, **launcher_env_secrets(host)}
-    reply, failure = start_on_host(remote, trainer_root, run_id, {"run": run, "env": env})
+    if group:
+        save_nodes(history, run_id, nodes)
+        try:
+            reply, node_warnings = start_nodes(nodes, run, env, start_on_host)
+        except GpurunError:
+            history.delete(run_id)  # what started was stopped again: no run to remember
+            raise
+        reply["warnings"] = node_warnings
+        failure = ""
+    else:
+        reply, failure = start_on_host(remote, trainer_root, run_id, {"run": run, "env": env})
     lap("start")
     if reply is None:
         raise GpurunError(
@@ -177,6 +196,11 @@ def launch(
     launched = Launched(record, checked, reply.get("gpus"), reply.get("warnings") or [], timings, resumed)
     launched.job_id, launched.queued = reply.get("job_id"), reply.get("queued")
     return launched
+
+
+def push_both(node: Node, task_dir: Path, checked: CheckedTask) -> None:
+    push_task(node.remote, task_dir, data_files=data_paths(checked.config))
+    node.trainer_root = push_trainer(node.remote)
 
 
 def start_on_host(remote: Remote, trainer_root: str, run_id: str, payload: dict) -> tuple[dict | None, str]:

@@ -91,6 +91,8 @@ def cmd_start(args: list[str]) -> int:
         return 1
     run["gpus"] = claim.visible
     run["workdir"] = str(workdir)
+    if run.get("nodes") and not run["nodes"].get("port"):  # node 0 of several hosts: its rendezvous port, free now
+        run["nodes"]["port"] = _free_port()
     run.update(copy_info())  # the trainer that will run: the copy the launcher pushed, by path and version
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -127,8 +129,19 @@ def cmd_start(args: list[str]) -> int:
         run_dir / PID_FILE,
         json.dumps({"pgid": proc.pid, "pid": proc.pid, "marker": process_marker(proc.pid), "boot_id": boot_id()}),
     )
-    _reply({"pid": proc.pid, "state": run_state(run_dir)["state"], "gpus": claim.visible, "warnings": claim.warnings})
+    reply = {"pid": proc.pid, "state": run_state(run_dir)["state"], "gpus": claim.visible, "warnings": claim.warnings}
+    if run.get("nodes"):
+        reply["rdzv_port"] = run["nodes"]["port"]
+    _reply(reply)
     return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def cmd_wrap(args: list[str]) -> int:
@@ -156,7 +169,8 @@ def cmd_wrap(args: list[str]) -> int:
     if stopping or (run_dir / STOP_FILE).exists():
         exit_code = EXIT_STOPPED  # stopped before the trainers started: they never do
     else:
-        exit_code = run_workers(argv, env, process_count(gpus), run_dir, LOG_FILE, lock_fds, stopping)
+        count, nodes = process_count(gpus), record.get("nodes")
+        exit_code = run_workers(argv, env, count, run_dir, LOG_FILE, lock_fds, stopping, nodes=nodes)
     record_end(run_dir, exit_code)
     return 0
 
@@ -537,10 +551,10 @@ def _progress(path: Path) -> dict:
         if event.get("kind") == "eval_suite":
             progress["accuracy"] = event.get("accuracy")
             progress["baseline_accuracy"] = event.get("baseline_accuracy")
-    return progress
             # a tool-call suite also scores the arguments (name right and arguments equal)
             progress["arguments_accuracy"] = event.get("arguments_accuracy")
             progress["baseline_arguments_accuracy"] = event.get("baseline_arguments_accuracy")
+    return progress
 
 
 def cmd_state(args: list[str]) -> int:

@@ -21,6 +21,7 @@ from trainer.pushed import BOOTSTRAP
 
 PEER_GRACE_S = 60  # after one worker ends (failed, or stopped and saved): how long its peers get before SIGKILL
 JOIN_TIMEOUT_S = 120  # the rendezvous: every worker of one host has joined well before this, or the run fails
+NODES_JOIN_TIMEOUT_S = 60  # several hosts: every node's agent has reached node 0's store by then, or the run fails
 TAIL_LINES = 20
 
 # `python -c ELASTIC_BOOTSTRAP ROOT COUNT WORKER_ARGV...`: the launcher process, from the same trainer copy.
@@ -54,13 +55,15 @@ def run_workers(
     main_log: str,
     pass_fds: list[int],
     stopping: list[int] | None = None,
+    nodes: dict | None = None,
 ) -> int:
     """Run the trainer argv as `count` processes and wait; returns the run's exit code as a shell reports it.
+    A run over several hosts (`nodes`, from run.json) always goes through torchrun, even at one process here.
 
     `stopping` holds the signals that asked the run to stop so far (the caller's handler collected any that came
     before the child existed): they are forwarded as soon as it does.
     """
-    if count > 1:
+    if count > 1 or nodes:
         argv = elastic_argv(argv, count)
         # torchrun would set 1 and print a banner about it into train.log; the CPUs shared out is better.
         env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(max(1, _cpus() // count))}
@@ -93,7 +96,7 @@ def run_workers(
     if stopping:  # came while the child was being started
         forward(stopping[0], None)
     code = child.wait()  # retried across our signal handler (PEP 475)
-    if count > 1 and code < 0 and trainer_processes(run_dir):
+    if (count > 1 or nodes) and code < 0 and trainer_processes(run_dir):
         # torchrun's agent was killed alone; its workers, in sessions of their own, train on. The run lasts as
         # long as they do (a stop now reaches them directly), and ends as they themselves say it ended.
         while trainer_processes(run_dir):
@@ -164,17 +167,7 @@ def elastic_main(args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    options = [
-        "--standalone",  # one host: a c10d rendezvous on a free local port
-        f"--nproc-per-node={count}",
-        "--max-restarts=0",  # a failed worker fails the run: a restart would begin again from step 0
-        f"--rdzv-conf=join_timeout={JOIN_TIMEOUT_S}",
-        f"--shutdown-timeout={PEER_GRACE_S}",
-        "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT",  # SIGTERM is ours (above)
-        f"--log-dir={run_dir / 'torchelastic'}",  # its error files, in the run rather than in /tmp
-        "--no-python",
-        *worker_argv,
-    ]
+    options = torchrun_options(count, run_dir, _run_nodes(run_dir), worker_argv)
     try:
         run(get_args_parser().parse_args(options))
     except ChildFailedError as exc:
@@ -190,6 +183,44 @@ def elastic_main(args: list[str]) -> int:
         print(f"error: torchrun could not start the {count} training processes: {exc}", flush=True)
         return 1
     return 0
+
+
+def torchrun_options(count: int, run_dir: Path, nodes: dict | None, worker_argv: list[str]) -> list[str]:
+    """torchrun's arguments: one host's standalone rendezvous, or the run's place among several hosts (`nodes`:
+    {"count", "rank", "addr", "port", "run_id"} from run.json)."""
+    if nodes:
+        # The static rendezvous: node r's workers get global ranks r*count.., so node 0 (whose output `pull` takes)
+        # holds rank 0, which alone saves the adapter. c10d's dynamic rendezvous numbers nodes by hostname and pid
+        # instead. Its TCPStore on node 0 waits `timeout` for every node: one that never comes fails the run then.
+        where = [
+            f"--nnodes={nodes['count']}",
+            f"--node-rank={nodes['rank']}",
+            "--rdzv-backend=static",
+            f"--rdzv-endpoint={nodes['addr']}:{nodes['port']}",
+            f"--rdzv-id={nodes['run_id']}",
+            f"--rdzv-conf=timeout={NODES_JOIN_TIMEOUT_S}",
+        ]
+    else:
+        where = ["--standalone", f"--rdzv-conf=join_timeout={JOIN_TIMEOUT_S}"]  # a c10d rendezvous on a free port
+    return [
+        *where,
+        f"--nproc-per-node={count}",
+        "--max-restarts=0",  # a failed worker fails the run: a restart would begin again from step 0
+        f"--shutdown-timeout={PEER_GRACE_S}",
+        "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT",  # SIGTERM is ours (above)
+        f"--log-dir={run_dir / 'torchelastic'}",  # its error files, in the run rather than in /tmp
+        "--no-python",
+        *worker_argv,
+    ]
+
+
+def _run_nodes(run_dir: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("nodes")
+    except (OSError, ValueError):
+        return None
 
 
 def _forward_stops(run_dir: Path, stopping: threading.Event) -> None:
