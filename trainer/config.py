@@ -8,6 +8,7 @@ each naming the file, the line and the key, with a hint.
 import codecs
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -43,6 +44,7 @@ OPTIMIZERS = (
     "sgd",
 )
 STRATEGIES = ("no", "steps", "epoch")
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp", "deepspeed")
 SEED_RANGE = (0, 2**32 - 1)  # numpy's seed, which transformers' set_seed also sets, takes no more
 
 # What each scheduler accepts in lr_scheduler_kwargs: transformers' get_scheduler passes them on to the
@@ -251,6 +253,16 @@ class EvalSuiteConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = choice(*DISTRIBUTED_STRATEGIES, default="ddp")
+    """How several GPUs share a run: ddp (each holds the whole model), fsdp (each holds a shard of every decoder
+    layer: PyTorch FSDP2 through transformers), deepspeed (ZeRO, as the `deepspeed` JSON says). fsdp and deepspeed
+    need CUDA GPUs."""
+    deepspeed: str = ""
+    """With strategy deepspeed: the DeepSpeed config, a JSON file inside the task folder (e.g. ds_zero3.json)."""
+
+
+@dataclass
 class TaskConfig:
     base_model: str = ""
     """Hub id, local path, or `builtin:tiny` (a tiny random model built on the spot)."""
@@ -272,6 +284,8 @@ class TaskConfig:
     """After training: generate on a test file and report function-call accuracy (seed 003)."""
     samples: int = 3
     """Sample generations on eval prompts written to output/samples.jsonl after training."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """How several GPUs share the model: ddp, or fsdp / deepspeed for a model that does not fit on one GPU."""
 
 
 # Names from older transformers/TRL versions and from the seed documents -> the current key.
@@ -326,7 +340,8 @@ def load_task(
     problems: list[Problem] = []
     for key in apply_overrides(raw, overrides, problems):
         lines[key] = "--set"
-    return config_from_dict(raw, where=lambda key: _where(path, lines, key), notices=notices, problems=problems)
+    where = lambda key: _where(path, lines, key)  # noqa: E731
+    return config_from_dict(raw, where=where, notices=notices, problems=problems, task_dir=task_dir)
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], problems: list[Problem]) -> list[str]:
@@ -353,8 +368,10 @@ def config_from_dict(
     where=lambda key: key,
     notices: list[str] | None = None,
     problems: list[Problem] | None = None,
+    task_dir: Path | None = None,
 ) -> TaskConfig:
-    """Build a TaskConfig from plain data, collecting every problem before raising."""
+    """Build a TaskConfig from plain data, collecting every problem before raising. With `task_dir`, the files the
+    config names besides data (the DeepSpeed JSON) are checked too."""
     problems = problems if problems is not None else []
     notices = notices if notices is not None else []
     if not isinstance(raw, dict):
@@ -362,6 +379,8 @@ def config_from_dict(
     raw = _translate_old_names(raw, where, notices)
     config = _build(TaskConfig, raw, "", where, problems)
     _check_semantics(config, where, problems)
+    if task_dir is not None:
+        problems.extend(deepspeed_file_problems(config, Path(task_dir), where))
     if problems:
         raise TaskError(problems)
     return config
@@ -714,6 +733,7 @@ def _check_semantics(config: TaskConfig, where, problems: list[Problem]) -> None
     _check_schedule(config, where, problems)
     _check_checkpoints(config, where, problems)
     _check_data_paths(config, where, problems)
+    _check_distributed(config, where, problems)
     try:
         codecs.lookup(config.data.encoding)
     except LookupError:
@@ -856,6 +876,51 @@ def _check_data_paths(config: TaskConfig, where, problems: list[Problem]) -> Non
                     "move or copy the file into the task folder (a symlink there is pushed as the file's content)",
                 )
             )
+
+
+def _check_distributed(config: TaskConfig, where, problems: list[Problem]) -> None:
+    d = config.distributed
+    example = "distributed: {strategy: deepspeed, deepspeed: ds_zero3.json}"
+    if d.strategy == "deepspeed" and not d.deepspeed:
+        problems.append(Problem(where("distributed.deepspeed"), "strategy deepspeed needs a DeepSpeed config", example))
+    if d.deepspeed and d.strategy != "deepspeed":
+        message = f"a DeepSpeed config is only used with strategy deepspeed (strategy is {d.strategy})"
+        problems.append(Problem(where("distributed.deepspeed"), message, "set distributed.strategy: deepspeed"))
+    if d.deepspeed and (os.path.isabs(d.deepspeed) or os.path.normpath(d.deepspeed).split(os.sep)[0] == ".."):
+        message = f"{d.deepspeed} is outside the task folder, and only the task folder is pushed"
+        problems.append(Problem(where("distributed.deepspeed"), message, "move the JSON into the task folder"))
+    q = config.quantization
+    if d.strategy == "fsdp" and q and q.load_in_8bit:
+        # bitsandbytes stores 8-bit weights as int8, which FSDP cannot shard; 4-bit ones can be stored as floats.
+        message = "FSDP cannot shard 8-bit weights"
+        problems.append(Problem(where("quantization.load_in_8bit"), message, "use quantization.load_in_4bit (QLoRA)"))
+
+
+def deepspeed_file_problems(config: TaskConfig, task_dir: Path, where=lambda key: key) -> list[Problem]:
+    """The DeepSpeed config must be at hand and be a JSON object: DeepSpeed would fail on it only once the model is
+    loaded. Run on the laptop (validate) and again on the host (the file pushed is the one used)."""
+    d = config.distributed
+    if d.strategy != "deepspeed" or not d.deepspeed:
+        return []
+
+    def problem(message: str, hint: str) -> list[Problem]:
+        return [Problem(where("distributed.deepspeed"), message, hint)]
+
+    path = Path(task_dir) / d.deepspeed
+    if not path.is_file():
+        return problem(f"{d.deepspeed}: no such file in {task_dir}", "see README: Models that do not fit on one GPU")
+    try:
+        parsed = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return problem(f"{d.deepspeed} is not valid JSON: {str(exc).splitlines()[0]}", "fix the JSON")
+    if not isinstance(parsed, dict):
+        return problem(f"{d.deepspeed} must be a JSON object", 'e.g. {"zero_optimization": {"stage": 3}}')
+    zero = parsed.get("zero_optimization")
+    stage = zero.get("stage") if isinstance(zero, dict) else None
+    if stage is not None and (isinstance(stage, bool) or stage not in (0, 1, 2, 3)):
+        hint = "ZeRO-2 shards optimizer state and gradients, ZeRO-3 the weights too"
+        return problem(f"{d.deepspeed}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}", hint)
+    return []
 
 
 def check_target_modules(config: TaskConfig, module_names, model: str, where, problems: list[Problem]) -> None:

@@ -34,12 +34,23 @@ def quantization_config(config: TaskConfig):
 
     if q.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
+    extra = {}
+    if shards_weights(config):
+        # FSDP (and ZeRO-3) shard only floating-point tensors of one dtype: the 4-bit weights are packed into the
+        # compute dtype instead of uint8 (bitsandbytes' quant_storage), and the model loads in that dtype too.
+        extra["bnb_4bit_quant_storage"] = getattr(torch, q.bnb_4bit_compute_dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=getattr(torch, q.bnb_4bit_compute_dtype),
+        **extra,
     )
+
+
+def shards_weights(config: TaskConfig) -> bool:
+    """Whether the run's processes each hold a shard of the model (fsdp, deepspeed) rather than a whole copy."""
+    return config.distributed.strategy in ("fsdp", "deepspeed")
 
 
 def load_tokenizer(name_or_path: str):
@@ -59,6 +70,8 @@ def load_model(config: TaskConfig, name_or_path: str, num_labels: int | None = N
     quant = quantization_config(config)
     if quant is not None:
         kwargs["quantization_config"] = quant
+        if getattr(quant, "bnb_4bit_quant_storage", None) not in (None, torch.uint8):
+            kwargs["dtype"] = quant.bnb_4bit_quant_storage  # one dtype throughout, or FSDP cannot shard the layers
         # Each DDP process holds a whole (quantized) copy on its own GPU: LOCAL_RANK, set by the wrapper.
         device = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
         kwargs["device_map"] = {"": device}

@@ -10,7 +10,7 @@ every weight.
 import json
 from pathlib import Path
 
-from trainer.config import TaskConfig
+from trainer.config import Problem, TaskConfig, deepspeed_file_problems
 from trainer.data import strip_where
 from trainer.model import lora_spec
 
@@ -89,10 +89,79 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
     )
 
 
+def decoder_layer_classes(model) -> list[str]:
+    """The model's decoder layer class names, as transformers' models name them for splitting across devices
+    (Qwen2ForCausalLM: Qwen2DecoderLayer): FSDP wraps, and so shards and gathers, one such layer at a time."""
+    return [str(name) for name in (getattr(model, "_no_split_modules", None) or [])]
+
+
+def distributed_args(config: TaskConfig, model, task_dir: Path | None) -> dict:
+    """TrainingArguments for distributed.strategy, on top of common_args: none for ddp (one whole model per
+    process, as torchrun starts them); transformers' own FSDP or DeepSpeed settings otherwise. The run has been
+    refused already on a host without CUDA (host_problems), where transformers would quietly train plain DDP."""
+    d = config.distributed
+    if d.strategy == "deepspeed":
+        return {"deepspeed": str(Path(task_dir or ".") / d.deepspeed)}
+    if d.strategy != "fsdp":
+        return {}
+    checkpointing = bool(config.training.gradient_checkpointing)
+    fsdp_config = {
+        "version": 2,  # FSDP2 (fully_shard); transformers deprecates FSDP1
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "reshard_after_forward": True,  # full shard: weights are gathered per layer and freed after its forward
+        # one ordinary file per checkpoint and adapter, which resume, pull and `latest complete checkpoint` read
+        "state_dict_type": "FULL_STATE_DICT",
+        # FSDP's own checkpointing: the Trainer's would gather every layer a second time in the backward pass
+        "activation_checkpointing": checkpointing,
+    }
+    layers = decoder_layer_classes(model)
+    if layers:
+        fsdp_config["transformer_layer_cls_to_wrap"] = layers
+    return {
+        "fsdp": True,
+        "fsdp_config": fsdp_config,
+        "activation_checkpointing": False,
+        "activation_checkpointing_kwargs": None,
+    }
+
+
+def host_problems(config: TaskConfig, task_dir: Path) -> list[Problem]:
+    """What only the host can know about distributed.strategy, checked before anything loads. Without CUDA,
+    transformers and accelerate drop FSDP silently (use_cpu) and train plain DDP, every process holding the whole
+    model: the run a user asked for would not be the run that trains."""
+    import importlib.util
+
+    import torch
+
+    d = config.distributed
+    if d.strategy == "ddp":
+        return []
+    problems = []
+    if d.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        hint = "pip install deepspeed into the host's Python, or use strategy: fsdp"
+        problems.append(Problem("", "deepspeed is not installed on this host; strategy deepspeed needs it", hint))
+    if not torch.cuda.is_available():
+        message = (
+            f"strategy {d.strategy} needs CUDA GPUs and this host has none: transformers would quietly train plain "
+            "DDP instead, every process holding the whole model"
+        )
+        hint = "train on a host with NVIDIA GPUs, or remove distributed.strategy (ddp) to train on this one"
+        problems.append(Problem("", message, hint))
+    return problems + deepspeed_file_problems(config, task_dir)
+
+
 def build_trainer(
-    config: TaskConfig, model, tokenizer, splits: dict, output_dir: Path, callbacks: list, tokenized=None
+    config: TaskConfig,
+    model,
+    tokenizer,
+    splits: dict,
+    output_dir: Path,
+    callbacks: list,
+    tokenized=None,
+    task_dir: Path | None = None,
 ):
-    """`tokenized`: SFT's datasets as the token checks made them (trainer/tokencache.py); None tokenizes here."""
+    """`tokenized`: SFT's datasets as the token checks made them (trainer/tokencache.py); None tokenizes here.
+    `task_dir`: where a DeepSpeed config named by the task is (distributed.deepspeed)."""
     import datasets
     from transformers import EarlyStoppingCallback, PrinterCallback
 
@@ -102,6 +171,7 @@ def build_trainer(
         es = config.early_stopping
         callbacks = [*callbacks, EarlyStoppingCallback(es.patience, es.threshold)]
     args = common_args(config, output_dir, has_eval)
+    args.update(distributed_args(config, model, task_dir))
     if config.task == "sft":
         trainer = sft(config, model, tokenizer, splits, args, has_eval, callbacks, tokenized)
     else:

@@ -103,6 +103,11 @@ def _run(run_dir: Path) -> int:
     # 1. The task, checked again here: the host's files are what will actually be trained on.
     config = config_from_dict(record["config"])
     task_dir = workdir / "tasks" / record["task"]
+    from trainer.recipes import host_problems
+
+    refused = host_problems(config, task_dir)  # distributed.strategy against this host: CUDA, deepspeed
+    if refused:
+        return refuse(events, refused)
     try:
         splits = load_task_data(task_dir, config)
     except TaskError as exc:
@@ -175,6 +180,7 @@ def _run(run_dir: Path) -> int:
         output_dir,
         [events_callback(events, lambda ckpt: name_the_base(ckpt, config)), stopper],
         tokenized,
+        task_dir=task_dir,
     )
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if os.environ.get(DIGEST_ENV):
@@ -184,7 +190,12 @@ def _run(run_dir: Path) -> int:
         events.emit("stopped", step=trainer.state.global_step, checkpoint=checkpoint.name if checkpoint else None)
         print(f"stopped at step {trainer.state.global_step}; checkpoint: {checkpoint}", flush=True)
         return EXIT_STOPPED
+    from trainer.model import shards_weights
+
+    sharded = shards_weights(config) and world > 1  # FSDP / ZeRO: each process holds a part of the weights
     if rank != 0:
+        if sharded:  # gathering the parts to save them takes every process (only rank 0 writes)
+            trainer.save_model(str(output_dir))
         return 0  # the model is rank 0's to save and try out
 
     # 5. Save what `gpurun pull` brings home: adapter, tokenizer, state, resolved config.
@@ -203,7 +214,12 @@ def _run(run_dir: Path) -> int:
         final["eval_loss"] = evals[-1]["eval_loss"]
 
     # 6. How it does: sample generations, and the eval suite against its before-training figure.
-    if config.task != "classification" and config.samples:
+    if sharded:  # rank 0 alone cannot run a model whose weights are spread over processes that have ended
+        print(
+            "samples and eval suite: skipped (the model is sharded across processes); try the pulled adapter",
+            flush=True,
+        )
+    if config.task != "classification" and config.samples and not sharded:
         from trainer.evaluate import sample_rows, write_samples
 
         prompts = splits["eval"] or splits["test"] or splits["train"]
@@ -213,7 +229,7 @@ def _run(run_dir: Path) -> int:
             trainer.model, tokenizer, prompts, config.samples, output_dir / "samples.jsonl", on_progress=advance
         )
         print(f"wrote {written} sample generations to {output_dir / 'samples.jsonl'}", flush=True)
-    suite = run_eval_suite(config, trainer.model, tokenizer, splits, events, "eval_suite")
+    suite = None if sharded else run_eval_suite(config, trainer.model, tokenizer, splits, events, "eval_suite")
     if suite is not None:
         from trainer.evaluate import score_text, score_warning
 
@@ -275,6 +291,16 @@ def run_eval_suite(config: TaskConfig, model, tokenizer, splits: dict, events: E
     advance = phase_progress(events, phase, len(rows), f"{len(rows)} test requests, answered by {whose}")
     answered = answer_suite(model, tokenizer, rows, config.eval_suite.max_new_tokens, on_progress=advance)
     return score(rows, answered["replies"], config.eval_suite.json_field, calls=answered["calls"])
+
+
+def refuse(events: EventWriter, problems: list) -> int:
+    """The run cannot go on this host: each problem and its hint in train.log, and the run's error event."""
+    for problem in problems:
+        print(f"error: {problem}", flush=True)
+        print(f"hint: {problem.hint}", flush=True)
+    first = problems[0]
+    events.emit("error", message=str(first), hint=first.hint, problems=[str(p) for p in problems])
+    return 1
 
 
 def fail(events: EventWriter, problems: list, what: str) -> int:
