@@ -244,6 +244,10 @@ def test_deepspeed_not_installed_on_the_host_is_the_runs_error_before_the_first_
     errors = [e for e in events if e["kind"] == "error"]
     assert len(errors) == 1 and errors[0]["message"] == message and errors[0]["hint"] == hint, errors
     assert message in errors[0]["problems"]
+    import torch
+
+    if not torch.cuda.is_available():  # both problems at once, the CPU's with its own hint
+        assert "error: strategy deepspeed needs CUDA GPUs and this host has none\nhint: train on a host" in log, log
     assert not any(e["kind"] in ("train_begin", "log", "save", "done") for e in events), events
 
 

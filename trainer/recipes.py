@@ -141,10 +141,9 @@ def host_problems(config: TaskConfig, task_dir: Path) -> list[Problem]:
         hint = "pip install deepspeed into the host's Python, or use strategy: fsdp"
         problems.append(Problem("", "deepspeed is not installed on this host; strategy deepspeed needs it", hint))
     if not torch.cuda.is_available():
-        message = (
-            f"strategy {d.strategy} needs CUDA GPUs and this host has none: transformers would quietly train plain "
-            "DDP instead, every process holding the whole model"
-        )
+        message = f"strategy {d.strategy} needs CUDA GPUs and this host has none"
+        if d.strategy == "fsdp":  # seen here: with use_cpu, transformers 5 / accelerate 1.15 drop the FSDP plugin
+            message += ": transformers would quietly train plain DDP instead, every process holding the whole model"
         hint = "train on a host with NVIDIA GPUs, or remove distributed.strategy (ddp) to train on this one"
         problems.append(Problem("", message, hint))
     return problems + deepspeed_file_problems(config, task_dir)
