@@ -34,7 +34,9 @@ from trl import SFTConfig, SFTTrainer
 
 opts = json.loads(sys.argv[1])
 rows = load_dataset("json", data_files=opts["data"], split="train")
-fsdp = {"fsdp": "full_shard auto_wrap"} if opts["strategy"] == "fsdp" else {}
+# FSDP2, full shard, each decoder layer wrapped: what transformers 5 documents (the string form is deprecated)
+fsdp_config = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True}
+fsdp = {"fsdp": True, "fsdp_config": fsdp_config} if opts["strategy"] == "fsdp" else {}
 config = SFTConfig(
     output_dir=opts["out"], max_steps=opts["steps"], per_device_train_batch_size=opts["batch"],
     learning_rate=2e-4, bf16=True, logging_steps=10, save_strategy="no", report_to=[],
