@@ -9,7 +9,8 @@ command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 command -v ssh >/dev/null 2>&1 || need_apt+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 # A one-node Slurm cluster for tests/test_slurm.py (only as root: its daemons run as root; skipped otherwise).
-if [ "$(id -u)" = 0 ] && ! { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ]; }; then need_apt+=(slurm-wlm munge); fi
+# Only for the tests (scripts/test.sh passes --tests): the demo does not need it.
+if [ "${1:-}" = --tests ] && [ "$(id -u)" = 0 ] && ! { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ]; }; then need_apt+=(slurm-wlm munge); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: apt-get install ${need_apt[*]}"

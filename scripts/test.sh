@@ -3,7 +3,7 @@
 # real training of a tiny model on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
