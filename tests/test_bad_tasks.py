@@ -126,7 +126,7 @@ CASES = [
 @pytest.mark.parametrize("case, mutate, expected", CASES, ids=[c[0] for c in CASES])
 def test_a_bad_task_is_one_clear_error_and_nothing_reaches_the_host(ssh_project, host_workdir, case, mutate, expected):
     mutate(ssh_project / "tasks" / "hr")
-    # (the shipped rows, tools included, are 1116-1192 builtin:tiny tokens: 1300 fits them and not the long rows)
+    # (the shipped rows, tools included, are 608-679 builtin:tiny tokens: 1300 fits them and not the long rows)
     result = run_gpurun(ssh_project, "train", "tasks/hr", "--host", "a100", "--set", "training.max_length=1300")
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert result.returncode == 1, (case, result.stdout, result.stderr)

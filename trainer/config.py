@@ -281,7 +281,7 @@ class TaskConfig:
     early_stopping: EarlyStoppingConfig | None = None
     """Stop when the eval metric stops improving (needs eval data)."""
     eval_suite: EvalSuiteConfig | None = None
-    """After training: generate on a test file and report function-call accuracy (seed 003)."""
+    """After training: generate on a test file and score the replies (tool calls: name and arguments)."""
     samples: int = 3
     """Sample generations on eval prompts written to output/samples.jsonl after training."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)

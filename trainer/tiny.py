@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the built artifact changes, so stale caches are never reused.
-TINY_VERSION = "4"
+TINY_VERSION = "5"
 BUILTIN_PREFIX = "builtin:"
 KNOWN_BUILTINS = ("tiny",)
 LOCAL_TINY_DIR = f"builtin-tiny-v{TINY_VERSION}"  # the folder name in every cache, and in adapter_config.json
@@ -75,7 +75,11 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
+EMBEDDING_STD = 0.125
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5/Qwen3 keep these as single added tokens that decoding does not skip (they are not "special"): a call is
+# then one token to open and one to close, and the eval suite still sees the tags in the decoded reply.
+TOOL_TAGS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
 # A small fixed corpus, so the vocabulary (and therefore every token id) is deterministic.
 _CORPUS_LINES = [
@@ -96,6 +100,27 @@ _CORPUS_LINES = [
     "请把上个月的工资条发给我。查询我的工资。",
     "我搬家了，请更新我的住址。今年有哪些法定节假日？",
     "The quick brown fox jumps over the lazy dog. 0123456789",
+    # The template's own tool preamble and JSON-schema function definitions: a real tokenizer's corpus (web text,
+    # code) holds such text, so its BPE merges cover it; without them every prompt that carries tools costs twice
+    # the tokens (1143 -> 626 for the HR demo's rows), and twice the training time.
+    "# Tools",
+    "You may call one or more functions to assist with the user query.",
+    "You are provided with function signatures within <tools></tools> XML tags:",
+    "For each function call, return a json object with function name and arguments within <tool_call></tool_call>"
+    " XML tags:",
+    '{"name": <function-name>, "arguments": <args-json-object>}',
+    '{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather", "parameters":'
+    ' {"type": "object", "properties": {"location": {"type": "string", "description": "The city"}, "unit": {"type":'
+    ' "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"]}}}',
+    '{"type": "function", "function": {"name": "request_leave", "parameters": {"type": "object", "properties":'
+    ' {"leave_type": {"type": "string", "enum": ["annual", "sick", "personal"]}, "start_date": {"type": "string",'
+    ' "format": "date"}, "end_date": {"type": "string", "format": "date"}}}}}',
+    '{"type": "function", "function": {"name": "query_salary", "parameters": {"type": "object", "properties":'
+    ' {"month": {"type": "string", "pattern": "YYYY-MM"}}}}}',
+    '{"type": "function", "function": {"name": "submit_expense", "parameters": {"type": "object", "properties":'
+    ' {"category": {"enum": ["taxi", "hotel", "meals", "flight"]}, "amount": {"type": "number"}}}}}',
+    '{"type": "function", "function": {"name": "list_holidays", "parameters": {"type": "object", "properties":'
+    ' {"year": {"type": "integer"}}}}} get_manager cancel_leave update_address get_payslip',
 ]
 
 
@@ -135,7 +160,7 @@ def ensure_tiny(cache_dir: Path | None = None) -> Path:
 
 
 def _build_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -161,6 +186,7 @@ def _build_tokenizer():
         unk_token=None,
         model_max_length=2048,
     )
+    fast.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TOOL_TAGS])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -189,7 +215,13 @@ def _build_model(vocab_size: int):
         pad_token_id=0,  # <|endoftext|>
     )
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # A trained model's embeddings are large; random ones at the usual std 0.02, tied to the output head, keep every
+    # logit within about +-1.3 after the final norm, and LoRA cannot train the embeddings: the model could never be
+    # sure of any token (the loss stalled near 5.4, uniform being 6.7). At std 0.125 it learns the demo's tool calls.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, EMBEDDING_STD)
+    return model
 
 
 if __name__ == "__main__":
