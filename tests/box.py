@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.readme import readme_blocks
 from tests.sshd import SSHServer, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,14 +134,6 @@ def connect_by_alias(laptop: Account, box: Account, base: Path) -> SSHServer:
 
 def readme_hosts_yaml(port: int) -> str:
     """The README's hosts.yaml example, verbatim but for the ssh target (our alias) and the port."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## hosts.yaml", 1)[1]
-    block = []
-    for line in section.splitlines()[1:]:
-        if line.startswith("    "):
-            block.append(line[4:])
-        elif block and line.strip():
-            break
-    text = "\n".join(block) + "\n"
+    text = readme_blocks("## hosts.yaml")[0]
     assert "ssh: ubuntu@a100.example.com" in text and "port: 22" in text, text
     return text.replace("ubuntu@a100.example.com", ALIAS).replace("port: 22", f"port: {port}")

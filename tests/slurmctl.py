@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.sshd import free_port
+
 SLURMCTLD = shutil.which("slurmctld") or "/usr/sbin/slurmctld"
 SLURMD = shutil.which("slurmd") or "/usr/sbin/slurmd"
 MUNGED = shutil.which("munged") or "/usr/sbin/munged"
@@ -28,12 +30,6 @@ def unavailable_reason() -> str | None:
     if not Path(SLURMCTLD).exists():
         return "no slurmctld and not root: `sudo bash scripts/setup.sh` installs slurm-wlm and munge"
     return "the test Slurm cluster runs its daemons as root (SlurmUser=root)"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -94,8 +90,8 @@ def slurm_conf(base: Path, node: str, cpus: int, munge_socket: Path) -> str:
         [
             "ClusterName=gpuruntest",
             f"SlurmctldHost={node}",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, run_gpurun
+from tests.readme import readme_blocks
 from tests.test_lifecycle import wait_for
 from trainer.config import TaskError, load_task
 
@@ -251,26 +252,14 @@ def test_deepspeed_not_installed_on_the_host_is_the_runs_error_before_the_first_
     assert not any(e["kind"] in ("train_begin", "log", "save", "done") for e in events), events
 
 
-def readme_blocks() -> list[str]:
-    """The indented blocks of the README's section, in order, as a user copies them."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Models that do not fit on one GPU\n", 1)[1].split("\n## ", 1)[0]
-    blocks, current = [], []
-    for line in section.splitlines():
-        if line.startswith("    "):
-            current.append(line[4:])
-        elif current and not line.strip():
-            blocks.append("\n".join(current))
-            current = []
-    return blocks + (["\n".join(current)] if current else [])
-
-
 def test_the_readmes_lines_to_copy_validate_and_its_refusal_is_the_hosts(task):
     import torch
 
     from trainer.recipes import host_problems
 
-    fsdp_lines, deepspeed_lines, ds_json, refusal = readme_blocks()
+    fsdp_lines, deepspeed_lines, ds_json, refusal = (
+        b.rstrip("\n") for b in readme_blocks("## Models that do not fit on one GPU")
+    )
     base = yaml.safe_load((task / "task.yaml").read_text())
     (task / "task.yaml").write_text(yaml.safe_dump({**base, **yaml.safe_load(fsdp_lines)}, sort_keys=False))
     fsdp = load_task(task)

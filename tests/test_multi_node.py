@@ -17,6 +17,7 @@ from launcher.nodes import Node, failure_cause, node_addr
 from launcher.remote import remote_for
 from launcher.runs import History
 from tests.conftest import run_gpurun, write_project
+from tests.readme import readme_blocks
 from tests.sshd import free_port, start_sshd
 from tests.test_lifecycle import final_loss, host_events, last_step, latest_run_id, wait_for
 from tests.test_multi_gpu import rank_pid
@@ -211,9 +212,7 @@ def test_a_node_whose_sshd_is_down_fails_train_with_one_error_naming_it_and_star
 
 
 def test_the_readmes_several_hosts_entry_is_one_run_over_its_two_nodes(tmp_path):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Several hosts, one run", 1)[1].split("\n## ", 1)[0]
-    block = "\n".join(line[4:] for line in section.splitlines() if line.startswith("    "))
+    block = "".join(readme_blocks("## Several hosts, one run"))
     (tmp_path / "hosts.yaml").write_text(block)
     assert resolve_host(tmp_path, "a100s").name == "a100-1"  # node 0 holds the run's output
     _, hosts = load_hosts(tmp_path)

@@ -15,7 +15,9 @@ import yaml
 from launcher.errors import GpurunError
 from launcher.hosts import load_hosts
 from tests.conftest import gpurun_argv, run_gpurun, write_project
+from tests.readme import readme_blocks
 from tests.slurmctl import start_cluster, unavailable_reason
+from tests.test_lifecycle import wait_for
 from trainer.slurm import batch_script, parse_scontrol, parse_squeue, queued_message
 
 WRAPPER = ["/venv/bin/python", "-c", "BOOT", "/w/trainer/1", "wrap", "/w/runs/hr-1"]
@@ -130,14 +132,7 @@ def test_gpus_on_a_slurm_host_is_refused_before_anything_moves(tmp_path):
 
 
 def test_readme_slurm_entry_loads_verbatim(tmp_path):
-    section = (Path(__file__).resolve().parent.parent / "README.md").read_text().split("## Slurm clusters", 1)[1]
-    block = []
-    for line in section.splitlines()[1:]:
-        if line.startswith("    "):
-            block.append(line[4:])
-        elif block and line.strip():
-            break
-    (tmp_path / "hosts.yaml").write_text("\n".join(block) + "\n")
+    (tmp_path / "hosts.yaml").write_text(readme_blocks("## Slurm clusters")[0])
     host = load_hosts(tmp_path)[1]["cluster"]
     assert host.scheduler == "slurm" and host.ssh == "me@login.cluster.example.org"
     assert host.slurm["time"] == "24:00:00" and host.slurm["gpus_per_node"] == 4
@@ -177,16 +172,6 @@ def host_run(host_workdir: Path, project: Path) -> tuple[str, Path]:
     runs = sorted((host_workdir / "runs").iterdir())
     assert len(runs) == 1, runs
     return runs[0].name, runs[0]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events_of(run_dir: Path) -> list[dict]:
