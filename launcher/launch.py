@@ -120,6 +120,8 @@ def launch(
         checked = resumed.checked
         experiment = resumed.experiment
         all_overrides = resumed.overrides + list(overrides)
+        if gpus is None and host.scheduler != "slurm":
+            gpus = resumed.gpus
         # No laptop token checks here: the parent passed them, and the host checks every example's
         # tokens again with this exact config before it loads the model.
         lap("check")
@@ -239,6 +241,14 @@ class Resumed:
     checkpoint: str
     checkpoint_step: int
     total_steps: int | None
+    gpus: str | None = None  # as many GPUs as the parent had, unless --gpus says otherwise
+
+
+def resume_gpus(parent_run: dict) -> str | None:
+    """The --gpus a resumed run takes by default: the parent's count when it had several. The global batch is
+    per-device batch x processes x accumulation, so fewer processes would train a different schedule."""
+    visible = [g for g in str(parent_run.get("gpus") or "").split(",") if g.strip()]
+    return str(len(visible)) if len(visible) > 1 else None
 
 
 def plan_resume(
@@ -303,6 +313,7 @@ def plan_resume(
         checkpoint=Path(info["checkpoint"]).name,
         checkpoint_step=info["checkpoint_step"],
         total_steps=total,
+        gpus=resume_gpus(run),
     )
 
 

@@ -228,3 +228,13 @@ def test_a_start_cut_off_after_the_run_began_is_found_and_trains_to_the_end(ssh_
     assert status.returncode == 0 and History(ssh_project).get(run_id).state in ("running", "succeeded"), status
     assert run_gpurun(ssh_project, "logs", "-f", run_id).returncode == 0
     assert "succeeded" in run_gpurun(ssh_project, "runs").stdout
+
+
+def test_a_resumed_run_takes_as_many_gpus_as_its_parent_unless_told():
+    """The global batch is per-device batch x processes: a 2-GPU run resumed on 1 would train another schedule."""
+    from launcher.launch import resume_gpus
+
+    assert resume_gpus({"gpus": "0,1"}) == "2"
+    assert resume_gpus({"gpus": "3,5,6"}) == "3"
+    assert resume_gpus({"gpus": "2"}) is None  # one GPU: the host's default picks one too
+    assert resume_gpus({"gpus": None}) is None and resume_gpus({}) is None  # the CPU, or a Slurm job

@@ -100,7 +100,7 @@ def test_stop_under_torchrun_saves_one_checkpoint_and_resume_reaches_the_uninter
     ]
     assert processes_of(run_dir) == []
 
-    resumed = run_gpurun(ssh_project, "train", "--resume", run_id, "--gpus", "0,1")
+    resumed = run_gpurun(ssh_project, "train", "--resume", run_id)  # as many GPUs as its parent: no --gpus
     assert resumed.returncode == 0, resumed.stderr
     new_dir = host_workdir / "runs" / latest_run_id(ssh_project)
     assert run_gpurun(ssh_project, "logs", "-f", new_dir.name, timeout=1800).returncode == 0
