@@ -1,9 +1,8 @@
 """Several GPUs: one training process per GPU (DDP), run by the wrapper. Here the processes train on
-the CPU over gloo, with the fake nvidia-smi announcing two free GPUs: the same code path as CUDA."""
+the CPU over gloo, with the fake nvidia-smi announcing two free GPUs: the same code path as CUDA. Stop and a
+killed rank under two processes: tests/test_torchrun.py, which asserts what this file did and more."""
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ import pytest
 from launcher.runs import History
 from tests.conftest import run_gpurun
 from tests.test_gpus_and_secrets import TWO_FREE, fake_gpus
-from tests.test_lifecycle import host_events, last_step, wait_for
-from trainer.checkpoints import COMPLETE_MARKER
+from tests.test_lifecycle import host_events
 from trainer.pushed import trainer_argv
 from trainer.workers import ELASTIC_BOOTSTRAP, elastic_argv, process_count
 
@@ -45,38 +43,6 @@ def test_two_gpus_train_as_two_processes_and_rank_0_speaks(ssh_project, host_wor
     rows_per_step = training["per_device_train_batch_size"] * training["gradient_accumulation_steps"] * 2
     last = [e for e in events if e["kind"] == "log"][-1]
     assert last["epoch"] == pytest.approx(6 * rows_per_step / 320, abs=0.01)
-
-
-def test_stop_with_two_processes_checkpoints_at_one_step(ssh_project, host_workdir, tmp_path):
-    fake_gpus(ssh_project, tmp_path, TWO_FREE)
-    started = run_gpurun(
-        ssh_project, "train", "tasks/hr", "--host", "a100", "--gpus", "0,1", "--set", "training.max_steps=400"
-    )
-    assert started.returncode == 0, started.stderr
-    run_id = History(ssh_project).get(None).run_id
-    run_dir = host_workdir / "runs" / run_id
-    wait_for(lambda: last_step(run_dir) >= 3, what="step 3")
-    stop = run_gpurun(ssh_project, "stop", run_id, "--grace", "60")
-    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
-    stopped = [e for e in host_events(run_dir) if e["kind"] == "stopped"]
-    assert len(stopped) == 1 and stopped[0]["step"] < 400
-    assert (run_dir / "output" / stopped[0]["checkpoint"] / COMPLETE_MARKER).exists()
-
-
-def test_a_dead_process_fails_the_run_with_its_last_lines_in_train_log(ssh_project, host_workdir, tmp_path):
-    fake_gpus(ssh_project, tmp_path, TWO_FREE)
-    started = run_gpurun(
-        ssh_project, "train", "tasks/hr", "--host", "a100", "--gpus", "2", "--set", "training.max_steps=400"
-    )
-    assert started.returncode == 0, started.stderr
-    run_dir = host_workdir / "runs" / History(ssh_project).get(None).run_id
-    wait_for(lambda: last_step(run_dir) >= 3, what="step 3")
-    os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
-    # Rank 0 would wait for its peer in the next collective forever: the wrapper ends it.
-    follow = run_gpurun(ssh_project, "logs", "-f", timeout=120)
-    assert follow.returncode == 137, follow.stdout[-2000:]
-    assert "error: rank 1 exited with 137; the end of train.rank1.log:" in (run_dir / "train.log").read_text()
-    assert "failed (137)" in run_gpurun(ssh_project, "status").stdout
 
 
 def rank_pid(run_dir, rank: int) -> int:

@@ -326,27 +326,3 @@ def test_a_job_sbatch_refuses_is_one_error_and_leaves_no_run_behind(slurm_projec
     assert "Traceback" not in said
     assert not list((host_workdir / "runs").iterdir())  # nothing half-made on the cluster
     assert "no runs yet" in run_gpurun(project, "status").stderr  # nor in the laptop's history
-
-
-@needs_slurm
-def test_slurms_sigterm_without_a_stop_request_requeues_and_the_run_ends_with_every_step(
-    slurm_project, host_workdir, cluster
-):
-    # What --signal=TERM@lead does at a time limit (and preemption does), sent at a known moment: mid-training.
-    steps = 12
-    project = slurm_project(steps=steps)
-    sets = ["--set", "training.save_steps=100", "--set", "training.eval_steps=100"]
-    assert run_gpurun(project, "train", "tasks/hr", *sets).returncode == 0
-    run_id, run_dir = host_run(host_workdir, project)
-    job_id = json.loads((run_dir / "run.json").read_text())["slurm"]["job_id"]
-    wait_for(lambda: any(e["kind"] == "log" for e in events_of(run_dir)), 600, "the first training step")
-    cluster.run("scancel", "--signal=TERM", job_id)
-    logs = run_gpurun(project, "logs", "-f", timeout=900)
-    assert logs.returncode == 0, logs.stdout + logs.stderr
-    log = (run_dir / "train.log").read_text()
-    stopped = [e for e in events_of(run_dir) if e["kind"] == "stopped"]
-    assert len(stopped) == 1 and stopped[0]["checkpoint"] == f"checkpoint-{stopped[0]['step']}", stopped
-    assert f"time limit near: job {job_id} requeued" in log
-    assert f"restarted: continuing from {run_dir.resolve()}/output/{stopped[0]['checkpoint']}" in log
-    assert events_of(run_dir)[-1]["kind"] == "done" and events_of(run_dir)[-1]["step"] == steps
-    assert json.loads((run_dir / "output" / "trainer_state.json").read_text())["global_step"] == steps
