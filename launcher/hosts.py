@@ -97,14 +97,19 @@ def load_hosts(root: Path) -> tuple[str, dict[str, Host]]:
     return default, hosts
 
 
+def refuse_unknown_keys(mapping: dict, known, where: str) -> None:
+    """One error for the first key that is not in `known`, with the closest known key as the hint."""
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(known)}"
+            raise GpurunError(f"{where}.{key}: unknown key", hint)
+
+
 def _host_from_entry(name: str, entry: dict, path: Path) -> Host:
     if not isinstance(entry, dict):
         raise GpurunError(f"{path}: hosts.{name}: expected a mapping", "e.g. a100: {ssh: user@10.0.0.5}")
-    for key in entry:
-        if key not in HOST_KEYS:
-            close = difflib.get_close_matches(str(key), HOST_KEYS, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(HOST_KEYS)}"
-            raise GpurunError(f"{path}: hosts.{name}.{key}: unknown key", hint)
+    refuse_unknown_keys(entry, HOST_KEYS, f"{path}: hosts.{name}")
     transport = entry.get("transport", "local" if name == LOCAL and "ssh" not in entry else "ssh")
     if transport not in ("ssh", "local"):
         raise GpurunError(f"{path}: hosts.{name}.transport: {transport!r}", "use ssh or local")
@@ -154,11 +159,7 @@ def _slurm_settings(name: str, entry: dict, path: Path) -> tuple[str, dict]:
     slurm = entry.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise GpurunError(f"{where}.slurm: expected a mapping", "e.g. slurm: {partition: gpu, time: '24:00:00'}")
-    for key in slurm:
-        if key not in SLURM_KEYS:
-            close = difflib.get_close_matches(str(key), SLURM_KEYS, n=1)
-            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(SLURM_KEYS)}"
-            raise GpurunError(f"{where}.slurm.{key}: unknown key", hint)
+    refuse_unknown_keys(slurm, SLURM_KEYS, f"{where}.slurm")
     out: dict = {}
     for key in ("partition", "account", "time"):
         value = slurm.get(key)
