@@ -7,4 +7,6 @@ bash scripts/setup.sh --tests
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
-python -m pytest "$@"
+# Two workers, one test file each at a time (box accounts, Slurm daemons and module fixtures stay in their file):
+# much of a test waits on ssh, rsync and detached jobs, so one file alone leaves a core idle.
+python -m pytest -n "${GPURUN_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -62,7 +62,10 @@ def write_project(root: Path, hosts: dict, default: str = "local", task_name: st
     shutil.copytree(REPO / "tasks" / "demo", task, ignore=shutil.ignore_patterns("runs"))
     config = yaml.safe_load((task / "task.yaml").read_text())
     config["training"].update(max_steps=steps, eval_steps=3, save_steps=3, logging_steps=1)
-    config["eval_suite"]["limit"] = 4  # the suite's figure is the demo's business; tests need it to run, fast
+    # The suite's figure and the samples are the demo's business; tests need them to run, fast (each generated
+    # token re-reads a ~650-token prompt of tools on 2 cores: the demo's 3 samples + 4+4 suite replies took 5 s a run).
+    config["eval_suite"].update(limit=2, max_new_tokens=16)
+    config["samples"] = 1
     (task / "task.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "hosts.yaml").write_text(yaml.safe_dump({"default": default, "hosts": hosts}, sort_keys=False))
     return root

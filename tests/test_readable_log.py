@@ -61,7 +61,7 @@ def test_the_work_after_the_last_step_is_announced_in_train_log_and_reported_as_
         "[eval_suite]",
         "[baseline]",
     ]
-    assert "[eval_suite] 4 test requests, answered by the trained model" in after
+    assert "[eval_suite] 2 test requests, answered by the trained model" in after
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     phases = [e for e in events if e["kind"] == "phase"]
     for name in ("saving", "samples", "eval_suite", "baseline"):

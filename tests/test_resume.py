@@ -82,13 +82,13 @@ def test_stop_checkpoints_and_resume_matches_the_uninterrupted_run(ssh_project, 
     assert final_loss(new_dir, total) == pytest.approx(reference, rel=1e-4)
 
     # A --set that leaves the schedule alone applies on top, and is shown with the value it replaces.
-    again = run_gpurun(ssh_project, "train", "--resume", run_id, "--set", "samples=1")
+    again = run_gpurun(ssh_project, "train", "--resume", run_id, "--set", "samples=2")
     assert again.returncode == 0, again.stderr
-    assert "--set samples: 3 → 1" in again.stdout, again.stdout
+    assert "--set samples: 1 → 2" in again.stdout, again.stdout
     later_id = latest_run_id(ssh_project)
     later = run_json(host_workdir / "runs" / later_id)
-    assert later["config"] == {**run_json(run_dir)["config"], "samples": 1}
-    assert later["resume_overrides"] == ["samples=1"]
+    assert later["config"] == {**run_json(run_dir)["config"], "samples": 2}
+    assert later["resume_overrides"] == ["samples=2"]
     assert run_gpurun(ssh_project, "stop", later_id, "--grace", "60").returncode == 0
 
 
