@@ -99,3 +99,22 @@ def test_a_hub_dataset_that_does_not_load_is_a_problem_not_a_crash(tmp_path):
 def test_a_flood_of_bad_rows_is_capped_with_the_total(tmp_path):
     found = problems(tmp_path, ["{"] * 30)
     assert len(found) == 21 and found[-1] == "... and 10 more problems (30 in all)"
+
+
+def _nested(depth: int, leaf: str = '"x"') -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+def test_lone_surrogates_and_deep_nesting_in_rows_are_still_refused(tmp_path):
+    lines = [
+        '{"messages": [{"role": "user", "content": "\\udc00"}, {"role": "assistant", "content": "ok"}]}',
+        '{"text": ' + _nested(40) + "}",
+    ]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("\n".join(lines) + "\n")
+    config = config_from_dict({"base_model": "builtin:tiny", "data": {"train": ["data/train.jsonl"]}})
+    with pytest.raises(TaskError) as caught:
+        load_task_data(tmp_path, config)
+    said = "\n".join(str(p) for p in caught.value.problems)
+    assert "train.jsonl:1" in said and "lone surrogate \\udc00" in said, said
+    assert "train.jsonl:2" in said and "nested more than 32 levels deep" in said, said
