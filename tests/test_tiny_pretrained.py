@@ -6,7 +6,8 @@ the format and the copying to build on; a random tiny model only learned to repe
 
 from trainer.evaluate import generate, parse_tool_calls
 from trainer.model import load_tokenizer
-from trainer.tiny import _GENERIC_FUNCTIONS, ensure_tiny
+from trainer.tiny import ensure_tiny
+from trainer.tiny_corpus import GENERIC_FUNCTIONS
 
 ALARM = {
     "type": "function",
@@ -42,5 +43,5 @@ def test_the_built_tiny_answers_a_request_it_never_saw_with_a_tool_call_to_one_o
 def test_the_pretraining_corpus_holds_none_of_the_hr_functions_the_demo_must_learn():
     hr = {"get_leave_balance", "request_leave", "cancel_leave", "query_salary", "get_payslip", "update_address"}
     hr |= {"list_holidays", "get_manager", "submit_expense"}
-    assert len(_GENERIC_FUNCTIONS) > 20
-    assert not hr & set(_GENERIC_FUNCTIONS)
+    assert len(GENERIC_FUNCTIONS) > 20
+    assert not hr & set(GENERIC_FUNCTIONS)
