@@ -116,7 +116,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def gpurun_first_step(workdir: Path, run_id: str, env: dict) -> tuple[float, str]:
     """Seconds from starting `python -m trainer run` to its first optimizer step (the step-1 log event)."""
-    from trainer.config import config_from_dict, config_to_dict
+    from trainer.task.config import config_from_dict, config_to_dict
 
     raw = {
         "base_model": "builtin:tiny",
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("tools", "chat"), default="tools")
     options = parser.parse_args(argv)
 
-    from trainer.tiny import ensure_tiny
+    from trainer.builtin.tiny import ensure_tiny
 
     base = Path(tempfile.mkdtemp(prefix="gpurun-bench-data-"))
     env = {**os.environ, "GPURUN_CACHE": str(base / "models"), "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "1"}

@@ -104,7 +104,7 @@ def follow_latency(remote: SSHRemote, base: Path, samples: int = 20) -> float:
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"run_id": "latency-probe", "task": "x"}))
     sleeper = subprocess.Popen(["sleep", "600"])
-    from trainer.hostside import boot_id, process_marker
+    from trainer.host.hostside import boot_id, process_marker
 
     pid_info = {"pgid": sleeper.pid, "pid": sleeper.pid, "marker": process_marker(sleeper.pid), "boot_id": boot_id()}
     (run_dir / "pid").write_text(json.dumps(pid_info))

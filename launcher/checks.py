@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import GpurunError
-from trainer.config import TASK_FILE, Problem, TaskConfig, TaskError, load_task
-from trainer.data import SUFFIXES, load_task_data
+from trainer.task.config import TASK_FILE, Problem, TaskConfig, TaskError, load_task
+from trainer.task.data import SUFFIXES, load_task_data
 
 
 @dataclass

@@ -15,7 +15,7 @@ from importlib import metadata
 from launcher.errors import GpurunError, host_error
 from launcher.remote import Remote, ssh_failure
 from launcher.sync import push_trainer
-from trainer.interpreter import READY_MARKER, TRAINING_STACK, VENV_DIR
+from trainer.host.interpreter import READY_MARKER, TRAINING_STACK, VENV_DIR
 
 MIN_PYTHON = (3, 10)
 

@@ -17,8 +17,8 @@ from launcher.project import state_dir
 from launcher.remote import Remote, check_python, launcher_env_secrets, remote_for
 from launcher.runs import STARTING, History, RunRecord, fetch_resume_info, new_run_id
 from launcher.sync import push_task, push_trainer, task_name_of, trainer_version
-from trainer.config import Problem, TaskError, apply_overrides, config_from_dict, config_to_dict
-from trainer.data import load_task_data
+from trainer.task.config import Problem, TaskError, apply_overrides, config_from_dict, config_to_dict
+from trainer.task.data import load_task_data
 
 LAST_TASK = "last_task"
 

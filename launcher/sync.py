@@ -243,10 +243,11 @@ def _excludes_first(argv: list[str], patterns) -> list[str]:
 
 
 def trainer_version() -> str:
-    """Launcher version + a hash of the trainer's sources: the host runs exactly this code."""
+    """Launcher version + a hash of the trainer's sources, subfolders included: the host runs exactly this code."""
     digest = hashlib.sha256()
-    for path in sorted(trainer_source_dir().glob("*.py")):
-        digest.update(path.name.encode())
+    source = trainer_source_dir()
+    for path in sorted(source.rglob("*.py")):
+        digest.update(path.relative_to(source).as_posix().encode())
         digest.update(path.read_bytes())
     return f"{__version__}-{digest.hexdigest()[:12]}"
 

@@ -11,9 +11,9 @@ import sys
 
 from tests.conftest import REPO, run_gpurun
 from tests.test_loop_ssh import latest_run_dir
-from trainer.config import config_from_dict
-from trainer.model import adapter_base_name, name_the_base
-from trainer.tiny import LOCAL_TINY_DIR
+from trainer.builtin.tiny import LOCAL_TINY_DIR
+from trainer.task.config import config_from_dict
+from trainer.training.model import adapter_base_name, name_the_base
 
 # The README's lines, run in a fresh process: its own HOME and no GPURUN_CACHE, so the host's cache
 # (the folder the host loaded builtin:tiny from) cannot be found, and no network either.

@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import REPO
-from trainer.config import TaskError, config_from_dict, deep_merge, load_task
+from trainer.task.config import TaskError, config_from_dict, deep_merge, load_task
 
 BASE = {"base_model": "builtin:tiny", "data": {"train": ["data/train.jsonl"]}}
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TaskError, config_from_dict
-from trainer.data import load_task_data
+from trainer.task.config import TaskError, config_from_dict
+from trainer.task.data import load_task_data
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

@@ -7,8 +7,8 @@ activation checkpointing: on with a GPU, as TRL's configs default them; off on t
 import pytest
 import torch
 
-from trainer.config import config_from_dict
-from trainer.recipes import common_args, on_this_machine
+from trainer.task.config import config_from_dict
+from trainer.training.recipes import common_args, on_this_machine
 
 TASK = {"base_model": "builtin:tiny", "data": {"train": ["t.jsonl"]}}
 
@@ -50,10 +50,10 @@ def test_the_cpu_really_builds_a_fused_adamw_and_steps_it(tmp_path, model_cache)
     """Fused AdamW on the CPU (torch >= 2.4) is what the trainer creates here, and it takes a step."""
     import json
 
-    from trainer.data import load_task_data
-    from trainer.model import load_model, load_tokenizer
-    from trainer.recipes import build_trainer
-    from trainer.tiny import ensure_tiny
+    from trainer.builtin.tiny import ensure_tiny
+    from trainer.task.data import load_task_data
+    from trainer.training.model import load_model, load_tokenizer
+    from trainer.training.recipes import build_trainer
 
     row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
     (tmp_path / "t.jsonl").write_text(json.dumps(row) + "\n")

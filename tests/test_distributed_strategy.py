@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import REPO, run_gpurun
 from tests.readme import readme_blocks
 from tests.test_lifecycle import wait_for
-from trainer.config import TaskError, load_task
+from trainer.task.config import TaskError, load_task
 
 ZERO3 = {
     "bf16": {"enabled": "auto"},
@@ -139,8 +139,8 @@ def test_gpurun_validate_names_a_missing_deepspeed_config_with_a_hint(local_proj
 
 def training_args(task: Path, model_cache: Path, **distributed):
     """The TrainingArguments gpurun builds for the task, with the real builtin:tiny model (Qwen2)."""
-    from trainer.model import load_model, resolve_base_model
-    from trainer.recipes import common_args, distributed_args
+    from trainer.training.model import load_model, resolve_base_model
+    from trainer.training.recipes import common_args, distributed_args
 
     config = load_task(with_distributed(task, distributed)) if distributed else load_task(task)
     model = load_model(config, resolve_base_model(config, cache_dir=model_cache))
@@ -190,7 +190,7 @@ def test_deepspeed_passes_the_task_folders_json_through(task, model_cache):
 def test_qlora_stores_its_4bit_weights_in_the_compute_dtype_when_the_weights_are_sharded(task, strategy):
     import torch
 
-    from trainer.model import quantization_config
+    from trainer.training.model import quantization_config
 
     (task / "ds.json").write_text("{}")
     distributed = {"strategy": strategy, **({"deepspeed": "ds.json"} if strategy == "deepspeed" else {})}
@@ -255,7 +255,7 @@ def test_deepspeed_not_installed_on_the_host_is_the_runs_error_before_the_first_
 def test_the_readmes_lines_to_copy_validate_and_its_refusal_is_the_hosts(task):
     import torch
 
-    from trainer.recipes import host_problems
+    from trainer.training.recipes import host_problems
 
     fsdp_lines, deepspeed_lines, ds_json, refusal = (
         b.rstrip("\n") for b in readme_blocks("## Models that do not fit on one GPU")

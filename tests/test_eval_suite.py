@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from tests.conftest import run_gpurun
-from trainer.config import TaskConfig, TaskError, config_from_dict
-from trainer.data import load_task_data
-from trainer.evaluate import parse_tool_calls, score, score_text, score_warning, template_calls
+from trainer.task.config import TaskConfig, TaskError, config_from_dict
+from trainer.task.data import load_task_data
+from trainer.training.evaluate import parse_tool_calls, score, score_text, score_warning, template_calls
 
 BASE = {"base_model": "builtin:tiny", "data": {"train": ["data/train.jsonl"]}}
 LEAVE = {"name": "request_leave", "arguments": {"leave_type": "sick", "start_date": "2026-03-03"}}

@@ -25,7 +25,7 @@ import yaml
 
 from launcher.checks import check_task, task_error
 from launcher.errors import GpurunError
-from trainer.config import Problem, TaskError, config_to_dict, load_task
+from trainer.task.config import Problem, TaskError, config_to_dict, load_task
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 8
@@ -387,23 +387,23 @@ _TOKENIZERS: dict = {}
 @pytest.fixture
 def cached_tokenizers(monkeypatch, model_cache):
     """One tokenizer load per model for the whole run (a load costs ~0.2 s; the answer is the same)."""
-    import trainer.validate
+    import trainer.training.validate
 
-    real = trainer.validate.local_tokenizer
+    real = trainer.training.validate.local_tokenizer
 
     def cached(config, cache_fallback=None):
         if config.base_model not in _TOKENIZERS:
             _TOKENIZERS[config.base_model] = real(config, cache_fallback)
         return _TOKENIZERS[config.base_model]
 
-    monkeypatch.setattr(trainer.validate, "local_tokenizer", cached)
+    monkeypatch.setattr(trainer.training.validate, "local_tokenizer", cached)
 
 
 def validate(task: Path, overrides: tuple[str, ...] = ()) -> tuple[bool, str]:
     """(accepted, what the user reads): the schema and row checks, then the token checks' JSON, rendered."""
     from rich.console import Console
 
-    import trainer.validate
+    import trainer.training.validate
     from launcher.render import plain, token_report_text
 
     try:
@@ -413,7 +413,7 @@ def validate(task: Path, overrides: tuple[str, ...] = ()) -> tuple[bool, str]:
     out = io.StringIO()
     argv = [str(task)] + [arg for item in overrides for arg in ("--set", item)]
     with contextlib.redirect_stdout(out):
-        trainer.validate.main(argv)
+        trainer.training.validate.main(argv)
     report = json.loads(out.getvalue().strip().splitlines()[-1])
     problems = [Problem(p["where"], p["message"], p["hint"]) for p in report["problems"]]
     if problems:
@@ -448,7 +448,7 @@ def generate(tmp_path: Path) -> list[tuple[str, Path, str]]:
 # Several runs in one process: each is the host's own `run(RUN_DIR)`, and the imports are paid once.
 TRAIN_EACH = """
 import json, sys, traceback
-from trainer.train import run
+from trainer.training.run import run
 results = {}
 for run_dir in sys.argv[1:]:
     try:

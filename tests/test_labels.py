@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from trainer.config import config_from_dict
-from trainer.data import load_task_data
-from trainer.model import load_model, load_tokenizer
-from trainer.recipes import build_trainer
-from trainer.tiny import ensure_tiny
+from trainer.builtin.tiny import ensure_tiny
+from trainer.task.config import config_from_dict
+from trainer.task.data import load_task_data
+from trainer.training.model import load_model, load_tokenizer
+from trainer.training.recipes import build_trainer
 
 MULTI_TURN = [
     {"from": "system", "value": "Be brief."},

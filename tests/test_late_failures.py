@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import run_gpurun
 from tests.test_bad_tasks import edit_config
-from trainer.config import SCHEDULER_KWARGS, config_from_dict, tiny_module_names
+from trainer.task.config import SCHEDULER_KWARGS, config_from_dict, tiny_module_names
 
 
 def raw_line(old_start: str, new: str):
@@ -179,8 +179,8 @@ def test_the_scheduler_table_is_what_transformers_and_torch_take():
 
 
 def test_builtin_tiny_module_names_are_the_models(model_cache):
-    from trainer.tiny import ensure_tiny
-    from trainer.validate import adaptable_module_names
+    from trainer.builtin.tiny import ensure_tiny
+    from trainer.training.validate import adaptable_module_names
 
     config = config_from_dict({"base_model": "builtin:tiny", "data": {"train": ["data/train.jsonl"]}})
     assert sorted(adaptable_module_names(config, str(ensure_tiny()))) == sorted(tiny_module_names())
@@ -190,7 +190,7 @@ def test_builtin_tiny_module_names_are_the_models(model_cache):
 def test_training_arguments_use_the_current_checkpointing_name_without_a_future_warning(tmp_path, checkpointing):
     from trl import SFTConfig
 
-    from trainer.recipes import common_args
+    from trainer.training.recipes import common_args
 
     config = config_from_dict(
         {
@@ -208,8 +208,8 @@ def test_training_arguments_use_the_current_checkpointing_name_without_a_future_
 
 def test_a_target_module_check_reads_a_local_models_config(tmp_path, model_cache):
     """A local model is checked from its config.json alone (the token checks' subprocess does this on the laptop)."""
-    from trainer.tiny import ensure_tiny
-    from trainer.validate import module_problems
+    from trainer.builtin.tiny import ensure_tiny
+    from trainer.training.validate import module_problems
 
     config = config_from_dict(
         {

@@ -15,7 +15,7 @@ def load_and_generate(adapter_dir: Path) -> str:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.tiny import LOCAL_TINY_DIR, default_cache_dir, ensure_tiny
+    from trainer.builtin.tiny import LOCAL_TINY_DIR, default_cache_dir, ensure_tiny
 
     base_path = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     if base_path == LOCAL_TINY_DIR:  # builtin:tiny: the folder `python -m trainer.tiny` builds; the same bytes

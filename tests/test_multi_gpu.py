@@ -11,8 +11,8 @@ from launcher.runs import History
 from tests.conftest import run_gpurun
 from tests.test_gpus_and_secrets import TWO_FREE, fake_gpus
 from tests.test_lifecycle import host_events
+from trainer.host.torchrun import ELASTIC_BOOTSTRAP, elastic_argv, process_count
 from trainer.pushed import trainer_argv
-from trainer.workers import ELASTIC_BOOTSTRAP, elastic_argv, process_count
 
 
 def test_one_process_per_gpu_started_by_torchrun_with_the_same_python_and_trainer_copy():

@@ -23,8 +23,8 @@ from tests.test_lifecycle import final_loss, host_events, last_step, latest_run_
 from tests.test_multi_gpu import rank_pid
 from tests.test_torchrun import processes_of
 from trainer.checkpoints import COMPLETE_MARKER
-from trainer.train import DIGEST_ENV
-from trainer.workers import NODES_JOIN_TIMEOUT_S, torchrun_options
+from trainer.host.torchrun import NODES_JOIN_TIMEOUT_S, torchrun_options
+from trainer.training.run import DIGEST_ENV
 
 
 @pytest.fixture(scope="module")

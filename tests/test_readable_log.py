@@ -74,7 +74,7 @@ def test_library_noise_goes_to_debug_log_while_errors_and_tracebacks_stay_in_tra
     script = """
 import logging, sys, warnings
 from pathlib import Path
-from trainer.quiet import route_library_noise
+from trainer.training.quiet import route_library_noise
 route_library_noise(Path(sys.argv[1]))
 from transformers.utils import logging as transformers_logging
 # bitsandbytes says this at import on a CPU with AVX512-BF16 and no `kernels` package

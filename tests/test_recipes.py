@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import config_from_dict, config_to_dict
+from trainer.task.config import config_from_dict, config_to_dict
 
 CHAT = [
     {
@@ -44,7 +44,7 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def train_recipe(tmp_path: Path, files: dict[str, list[dict]], **config) -> Path:
     """Lay out a host workdir with one task and one run, run the trainer, return the run dir."""
-    from trainer.train import run
+    from trainer.training.run import run
 
     workdir = tmp_path / "host"
     task_dir = workdir / "tasks" / "t"

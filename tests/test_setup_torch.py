@@ -21,7 +21,7 @@ from launcher.hostsetup import (
 )
 from tests.conftest import REPO, gpurun_argv, run_gpurun, write_project
 from tests.test_lifecycle import wait_for
-from trainer.hostsetup import pip_steps
+from trainer.host.setup import pip_steps
 
 BARE_PYTHON = "/usr/bin/python3"  # Debian's own Python: no torch, so setup has work to do
 
@@ -263,7 +263,7 @@ def test_ctrl_c_stops_pip_on_the_host_and_leaves_the_venv_unused(bare_hosts, tmp
 
 
 def test_the_host_half_relays_pips_lines_and_its_exit_code_with_heartbeats_while_it_is_quiet(capsys):
-    from trainer.hostsetup import HEARTBEAT_S, _run_pip
+    from trainer.host.setup import HEARTBEAT_S, _run_pip
 
     quiet = f"import time; print('Collecting peft', flush=True); time.sleep({HEARTBEAT_S * 2.5}); raise SystemExit(3)"
     assert _run_pip([sys.executable, "-c", quiet]) == 3

@@ -18,7 +18,7 @@ from tests.conftest import gpurun_argv, run_gpurun, write_project
 from tests.readme import readme_blocks
 from tests.slurmctl import start_cluster, unavailable_reason
 from tests.test_lifecycle import wait_for
-from trainer.slurm import batch_script, parse_scontrol, parse_squeue, queued_message
+from trainer.host.slurm import batch_script, parse_scontrol, parse_squeue, queued_message
 
 WRAPPER = ["/venv/bin/python", "-c", "BOOT", "/w/trainer/1", "wrap", "/w/runs/hr-1"]
 

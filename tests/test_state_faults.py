@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import REPO, run_gpurun
 from tests.test_lifecycle import host_events, last_step, start_long_run, status_of, trainer_pid, wait_for
-from trainer.config import config_to_dict, load_task
-from trainer.hostside import checkpoint_bytes_needed, checkpoints_kept, trained_parameters
+from trainer.host.hostside import checkpoint_bytes_needed, checkpoints_kept, trained_parameters
+from trainer.task.config import config_to_dict, load_task
 
 
 def pid_info(run_dir: Path) -> dict:
@@ -173,7 +173,7 @@ def test_disk_full_mid_run_is_failed_with_no_space_left_and_the_path(ssh_project
 
 
 def test_train_refuses_a_run_whose_checkpoints_cannot_fit_naming_both_sizes(ssh_project, small_disk, model_cache):
-    from trainer.tiny import ensure_tiny
+    from trainer.builtin.tiny import ensure_tiny
 
     ensure_tiny(model_cache / "models")  # the estimate reads the base model's config.json where the host has it
     # r=2048 on builtin:tiny: 4.2M trained parameters, about 50 MB per checkpoint with Adam's two moments.
@@ -192,7 +192,7 @@ def test_the_checkpoint_estimate_counts_what_peft_trains_and_bounds_what_is_writ
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trainer.tiny import ensure_tiny
+    from trainer.builtin.tiny import ensure_tiny
 
     base = ensure_tiny(model_cache / "models")
     model_cfg = json.loads((base / "config.json").read_text())

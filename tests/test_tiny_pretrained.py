@@ -4,10 +4,10 @@ Its build pretrains on generic requests (weather, alarms, email, ...), so that L
 the format and the copying to build on; a random tiny model only learned to repeat <tool_call>.
 """
 
-from trainer.evaluate import generate, parse_tool_calls
-from trainer.model import load_tokenizer
-from trainer.tiny import ensure_tiny
-from trainer.tiny_corpus import GENERIC_FUNCTIONS
+from trainer.builtin.corpus import GENERIC_FUNCTIONS
+from trainer.builtin.tiny import ensure_tiny
+from trainer.training.evaluate import generate, parse_tool_calls
+from trainer.training.model import load_tokenizer
 
 ALARM = {
     "type": "function",

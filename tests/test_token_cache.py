@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from trainer.config import config_from_dict
-from trainer.data import load_task_data
-from trainer.model import load_tokenizer
-from trainer.tiny import ensure_tiny
-from trainer.tokencache import cache_key, checked_tokens
-from trainer.tokens import mask_of, training_chat_template
+from trainer.builtin.tiny import ensure_tiny
+from trainer.task.config import config_from_dict
+from trainer.task.data import load_task_data
+from trainer.training.model import load_tokenizer
+from trainer.training.tokencache import cache_key, checked_tokens
+from trainer.training.tokens import mask_of, training_chat_template
 
 TOOLS = [{"type": "function", "function": {"name": "get_payslip", "parameters": {"type": "object", "properties": {}}}}]
 ROWS = [
@@ -142,8 +142,8 @@ def test_a_cache_that_cannot_be_written_costs_the_run_nothing(tmp_path, tokenize
 
 def run_twice(tmp_path: Path) -> list[Path]:
     """Two runs of one task in one host workdir, as `gpurun train` then `gpurun train` again would make them."""
-    from trainer.config import config_to_dict
-    from trainer.train import run
+    from trainer.task.config import config_to_dict
+    from trainer.training.run import run
 
     workdir = tmp_path / "host"
     write_task(workdir / "tasks" / "t")

@@ -17,7 +17,7 @@ from tests.test_gpus_and_secrets import TWO_FREE, fake_gpus
 from tests.test_lifecycle import children_of, final_loss, host_events, last_step, latest_run_id, status_of, wait_for
 from tests.test_multi_gpu import rank_pid
 from trainer.checkpoints import COMPLETE_MARKER
-from trainer.train import DIGEST_ENV
+from trainer.training.run import DIGEST_ENV
 
 
 def two_gpu_project(project: Path, tmp_path: Path) -> None:

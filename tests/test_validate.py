@@ -5,7 +5,7 @@ import shutil
 import yaml
 
 from tests.conftest import run_gpurun
-from trainer.tiny import CHAT_TEMPLATE, ensure_tiny
+from trainer.builtin.tiny import CHAT_TEMPLATE, ensure_tiny
 
 
 def test_validate_reports_lengths_and_shows_the_trained_tokens(local_project):

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pin_for_children()
     if command in NEEDS_STACK:
-        from trainer.interpreter import no_stack_message, training_python
+        from trainer.host.interpreter import no_stack_message, training_python
 
         python = training_python()
         if python is None:
@@ -34,26 +34,26 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[REEXEC_ENV] = "1"
             os.execv(python, trainer_argv(python, *argv))
     if command == "setup":
-        from trainer.hostsetup import main as setup
+        from trainer.host.setup import main as setup
 
         return setup(rest)
     if command == "run":
-        from trainer.train import run
+        from trainer.training.run import run
 
         return run(rest[0])
     if command == "merge":
-        from trainer.merge import merge
+        from trainer.training.merge import merge
 
         return merge(rest[0])
     if command == "validate":
-        from trainer.validate import main as validate
+        from trainer.training.validate import main as validate
 
         return validate(rest)
     if command in ("resume-info", "settle"):
-        from trainer.hostquery import main as query
+        from trainer.host.query import main as query
 
         return query(argv)
-    from trainer import hostside
+    from trainer.host import hostside
 
     return hostside.main(argv)
 

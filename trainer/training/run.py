@@ -11,14 +11,14 @@ import signal
 import sys
 from pathlib import Path
 
+from trainer.builtin.tiny import default_cache_dir
 from trainer.checkpoints import latest_complete_checkpoint
-from trainer.config import TaskConfig, TaskError, config_from_dict
-from trainer.data import load_task_data
 from trainer.events import EVENTS_FILE, EventWriter, events_callback, phase_progress, stop_callback
-from trainer.model import load_model, load_tokenizer, name_the_base, resolve_base_model
 from trainer.pushed import copy_info
-from trainer.quiet import debug_log_name, route_library_noise
-from trainer.tiny import default_cache_dir
+from trainer.task.config import TaskConfig, TaskError, config_from_dict
+from trainer.task.data import load_task_data
+from trainer.training.model import load_model, load_tokenizer, name_the_base, resolve_base_model
+from trainer.training.quiet import debug_log_name, route_library_noise
 
 OUTPUT_DIR = "output"
 EXIT_STOPPED = 128 + signal.SIGTERM
@@ -42,7 +42,7 @@ class StopRequest:
 def run(run_dir: Path) -> int:
     """The run, then the trainer's own record of how it ended (trainer_exit): the run's state stays truthful when
     the wrapper that writes exit_code was killed alone. A full disk is said as such, with the path."""
-    from trainer.hostside import is_disk_full, note_disk_full, write_trainer_exit
+    from trainer.host.hostside import is_disk_full, note_disk_full, write_trainer_exit
 
     run_dir = Path(run_dir).resolve()
     rank = int(os.environ.get("RANK", "0"))
@@ -103,7 +103,7 @@ def _run(run_dir: Path) -> int:
     # 1. The task, checked again here: the host's files are what will actually be trained on.
     config = config_from_dict(record["config"])
     task_dir = workdir / "tasks" / record["task"]
-    from trainer.recipes import host_problems
+    from trainer.training.recipes import host_problems
 
     refused = host_problems(config, task_dir)  # distributed.strategy against this host: CUDA, deepspeed
     if refused:
@@ -129,7 +129,7 @@ def _run(run_dir: Path) -> int:
         print(f"restarted: continuing from {own}", flush=True)
 
     # 2. Tokenizer, and what each example will train on: refuse before loading the model.
-    from trainer.recipes import on_this_machine
+    from trainer.training.recipes import on_this_machine
 
     t = on_this_machine(config).training  # bf16 and checkpointing left unset: decided here, for this machine
     print(
@@ -141,12 +141,12 @@ def _run(run_dir: Path) -> int:
     tokenizer = load_tokenizer(base)
     tokenized = None  # SFT: the datasets the checks tokenized, reused by the trainer (and by the next run: cached)
     if config.task == "sft":
-        from trainer.tokencache import checked_tokens
+        from trainer.training.tokencache import checked_tokens
 
         problems, tokenized = checked_tokens(config, tokenizer, splits, task_dir, workdir / "cache" / "tokenized", say)
     else:
         problems = check_tokens(config, tokenizer, splits)
-    from trainer.validate import module_problems
+    from trainer.training.validate import module_problems
 
     problems += module_problems(config, base)  # lora.target_modules, from config.json before the weights download
     if problems:
@@ -155,7 +155,7 @@ def _run(run_dir: Path) -> int:
     # 3. Model.
     labels = None
     if config.task == "classification":
-        from trainer.recipes import label_names
+        from trainer.training.recipes import label_names
 
         labels = label_names(splits["train"])
     model = load_model(config, base, num_labels=len(labels) if labels else None)
@@ -168,7 +168,7 @@ def _run(run_dir: Path) -> int:
         return EXIT_STOPPED
 
     # 4. Train.
-    from trainer.recipes import build_trainer
+    from trainer.training.recipes import build_trainer
 
     output_dir = run_dir / OUTPUT_DIR
     stopper = stop_callback(lambda: stop.requested)
@@ -190,7 +190,7 @@ def _run(run_dir: Path) -> int:
         events.emit("stopped", step=trainer.state.global_step, checkpoint=checkpoint.name if checkpoint else None)
         print(f"stopped at step {trainer.state.global_step}; checkpoint: {checkpoint}", flush=True)
         return EXIT_STOPPED
-    from trainer.model import shards_weights
+    from trainer.training.model import shards_weights
 
     sharded = shards_weights(config) and world > 1  # FSDP / ZeRO: each process holds a part of the weights
     if rank != 0:
@@ -220,7 +220,7 @@ def _run(run_dir: Path) -> int:
             flush=True,
         )
     if config.task != "classification" and config.samples and not sharded:
-        from trainer.evaluate import sample_rows, write_samples
+        from trainer.training.evaluate import sample_rows, write_samples
 
         prompts = splits["eval"] or splits["test"] or splits["train"]
         count = len(sample_rows(prompts, config.samples))
@@ -231,7 +231,7 @@ def _run(run_dir: Path) -> int:
         print(f"wrote {written} sample generations to {output_dir / 'samples.jsonl'}", flush=True)
     suite = None if sharded else run_eval_suite(config, trainer.model, tokenizer, splits, events, "eval_suite")
     if suite is not None:
-        from trainer.evaluate import score_text, score_warning
+        from trainer.training.evaluate import score_text, score_warning
 
         base = None
         if hasattr(trainer.model, "disable_adapter"):  # the base model is the adapter switched off
@@ -271,7 +271,7 @@ def write_trained_digest(model, path: Path) -> None:
 
 
 def check_tokens(config: TaskConfig, tokenizer, splits: dict) -> list:
-    from trainer.tokens import token_report
+    from trainer.training.tokens import token_report
 
     report = token_report(splits["train"] + splits["eval"], tokenizer, config)
     lengths = report.percentiles()
@@ -284,7 +284,7 @@ def check_tokens(config: TaskConfig, tokenizer, splits: dict) -> list:
 def run_eval_suite(config: TaskConfig, model, tokenizer, splits: dict, events: EventWriter, phase: str) -> dict | None:
     if not config.eval_suite or not splits["eval_suite"]:
         return None
-    from trainer.evaluate import answer_suite, score
+    from trainer.training.evaluate import answer_suite, score
 
     rows = splits["eval_suite"]
     whose = "the base model without the adapter" if phase == "baseline" else "the trained model"

@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from trainer.config import Problem, TaskConfig, TaskError, decode_text
+from trainer.task.config import Problem, TaskConfig, TaskError, decode_text
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 ROLES = ("system", "user", "assistant", "tool")
@@ -723,7 +723,7 @@ def load_eval_suite(task_dir: Path, config: TaskConfig, problems: list[Problem])
     if not path.is_file():
         problems.append(Problem(shown, "eval suite file not found", f"check eval_suite.file in {task_dir}/task.yaml"))
         return []
-    from trainer.evaluate import suite_row
+    from trainer.training.evaluate import suite_row
 
     rows = []
     local: list[Problem] = []

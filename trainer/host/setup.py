@@ -23,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from trainer.hostside import _reply, _write_atomic
-from trainer.interpreter import READY_MARKER, missing_stack, ready_venv_python, setup_venv, venv_python
+from trainer.host.hostside import _reply, _write_atomic
+from trainer.host.interpreter import READY_MARKER, missing_stack, ready_venv_python, setup_venv, venv_python
 
 # Run by the venv's Python: what the user needs to know about the stack, and whether CUDA works.
 PROBE = """

@@ -9,16 +9,16 @@ import argparse
 import json
 from pathlib import Path
 
-from trainer.config import Problem, TaskConfig, TaskError, check_target_modules, load_task
-from trainer.data import load_task_data
-from trainer.tiny import default_cache_dir, is_builtin
+from trainer.builtin.tiny import default_cache_dir, is_builtin
+from trainer.task.config import Problem, TaskConfig, TaskError, check_target_modules, load_task
+from trainer.task.data import load_task_data
 
 
 def local_tokenizer(config: TaskConfig, cache_fallback: Path | None = None):
     """The task's tokenizer if it can be had without a download (builtin, a local path, or the HF cache)."""
     from transformers import AutoTokenizer
 
-    from trainer.model import load_tokenizer, resolve_base_model
+    from trainer.training.model import load_tokenizer, resolve_base_model
 
     if is_builtin(config.base_model):
         return load_tokenizer(resolve_base_model(config, default_cache_dir(fallback=cache_fallback)))
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
         out["notices"].append(f"tokenizer of {config.base_model} is not on this machine: token checks run on the host")
         print(json.dumps(out))
         return 0
-    from trainer.tokens import token_report
+    from trainer.training.tokens import token_report
 
     report = token_report(splits["train"] + splits["eval"], tokenizer, config, show=args.show)
     problems = report.problems + module_problems(config, tokenizer.name_or_path, local_only=True)

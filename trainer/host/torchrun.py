@@ -27,7 +27,7 @@ TAIL_LINES = 20
 # `python -c ELASTIC_BOOTSTRAP ROOT COUNT WORKER_ARGV...`: the launcher process, from the same trainer copy.
 ELASTIC_BOOTSTRAP = (
     "import os, sys; sys.path.insert(0, os.path.abspath(sys.argv.pop(1))); "
-    "from trainer.workers import elastic_main; sys.exit(elastic_main(sys.argv[1:]))"
+    "from trainer.host.torchrun import elastic_main; sys.exit(elastic_main(sys.argv[1:]))"
 )
 
 
@@ -101,7 +101,7 @@ def run_workers(
         # long as they do (a stop now reaches them directly), and ends as they themselves say it ended.
         while trainer_processes(run_dir):
             time.sleep(0.5)
-        from trainer.hostside import trainers_ended  # (hostside imports this module)
+        from trainer.host.hostside import trainers_ended  # (hostside imports this module)
 
         ended = trainers_ended(run_dir, count)
         if ended is not None:

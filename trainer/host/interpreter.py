@@ -22,7 +22,7 @@ def missing_stack() -> list[str]:
 
 def host_workdir() -> Path | None:
     """<workdir> when this trainer is a pushed copy (<workdir>/trainer/<version>/trainer/), else None."""
-    copy = Path(__file__).resolve().parent  # .../trainer/<version>/trainer
+    copy = Path(__file__).resolve().parent.parent  # .../trainer/<version>/trainer (this file is in trainer/host/)
     versions = copy.parent.parent
     return versions.parent if versions.name == "trainer" else None
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import Problem, TaskConfig, config_to_dict
+from trainer.task.config import Problem, TaskConfig, config_to_dict
 
 FORMAT = 1  # bump when what a cache folder holds changes
 META = "meta.json"  # written last inside the temporary folder: a folder without it is not a cache
@@ -44,7 +44,8 @@ def cache_key(config: TaskConfig, tokenizer, splits: dict, task_dir: Path) -> st
     import transformers
     import trl
 
-    from trainer import data, tokens
+    import trainer.task
+    from trainer.training import tokens
 
     digest = hashlib.sha256()
 
@@ -55,8 +56,11 @@ def cache_key(config: TaskConfig, tokenizer, splits: dict, task_dir: Path) -> st
 
     part("format", str(FORMAT))
     part("versions", f"{transformers.__version__} {tokenizers.__version__} {trl.__version__}")
-    for module in (tokens, data):  # the code that reads and masks: a fixed bug must not be served from the cache
-        part(module.__name__, Path(module.__file__).read_bytes())
+    # The code that reads rows (every module of trainer/task/) and masks them: a fixed bug must not be served from
+    # the cache, whichever of those modules it was in.
+    readers = sorted(Path(trainer.task.__file__).parent.glob("*.py"))
+    for path in [*readers, Path(tokens.__file__)]:
+        part(path.name, path.read_bytes())
     t = config.training
     options = {"task": config.task, "max_length": t.max_length, "packing": t.packing, "padding_free": t.padding_free}
     part("options", json.dumps(options, sort_keys=True))
@@ -86,7 +90,7 @@ def cache_key(config: TaskConfig, tokenizer, splits: dict, task_dir: Path) -> st
 def tokenizer_fingerprint(tokenizer) -> str:
     """The tokenizer as it tokenizes: its full serialisation when it has one (vocabulary, merges, normaliser,
     added tokens), else its vocabulary; its special tokens; its chat template and the training template."""
-    from trainer.tokens import training_chat_template
+    from trainer.training.tokens import training_chat_template
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
@@ -157,7 +161,7 @@ def checked_tokens(
 ) -> tuple[list[Problem], Tokenized | None]:
     """The token checks' problems, and (when there are none) the tokenized train / eval datasets, from the cache
     under `cache_root` when the same data was tokenized before, else tokenized now and cached."""
-    from trainer.tokens import token_report
+    from trainer.training.tokens import token_report
 
     key = cache_key(config, tokenizer, splits, task_dir)
     cached = _load(cache_root / key)

@@ -10,9 +10,9 @@ every weight.
 import json
 from pathlib import Path
 
-from trainer.config import Problem, TaskConfig, deepspeed_file_problems
-from trainer.data import strip_where
-from trainer.model import lora_spec
+from trainer.task.config import Problem, TaskConfig, deepspeed_file_problems
+from trainer.task.data import strip_where
+from trainer.training.model import lora_spec
 
 # training: keys that TrainingArguments takes under the same name, as they are.
 SAME_NAMED = (
@@ -183,8 +183,8 @@ def build_trainer(
 def sft(config, model, tokenizer, splits, args, has_eval, callbacks, tokenized=None):
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.tokencache import TokenColumns, Tokenized
-    from trainer.tokens import mask_of, training_chat_template
+    from trainer.training.tokencache import TokenColumns, Tokenized
+    from trainer.training.tokens import mask_of, training_chat_template
 
     t = config.training
     if tokenized is None:  # called without the checks (a test, a notebook): tokenize here, the same way

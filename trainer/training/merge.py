@@ -6,10 +6,10 @@ The base model is loaded unquantized (a merge into 4-bit weights would lose the 
 import json
 from pathlib import Path
 
-from trainer.config import config_from_dict
-from trainer.model import resolve_base_model, torch_dtype
-from trainer.quiet import DEBUG_LOG, route_library_noise
-from trainer.tiny import default_cache_dir
+from trainer.builtin.tiny import default_cache_dir
+from trainer.task.config import config_from_dict
+from trainer.training.model import resolve_base_model, torch_dtype
+from trainer.training.quiet import DEBUG_LOG, route_library_noise
 
 MERGED_DIR = "merged"
 

@@ -212,7 +212,7 @@ def start_job(run_dir: Path, run: dict, env: dict) -> int:
     import shutil
     import sys
 
-    from trainer.hostside import ENV_FILE, RESERVE_BYTES, RESERVE_FILE, RUN_FILE, _reply, _write_atomic, run_state
+    from trainer.host.hostside import ENV_FILE, RESERVE_BYTES, RESERVE_FILE, RUN_FILE, _reply, _write_atomic, run_state
     from trainer.pushed import copy_info, trainer_argv
 
     run_dir = Path(run_dir)
@@ -277,7 +277,15 @@ def stop_job(run_dir: Path, state: dict, grace: float) -> dict:
     `grace`; a job still queued is cancelled at once. The stop file first: the script never requeues it then."""
     import time
 
-    from trainer.hostside import EXIT_FILE, EXIT_KILLED, EXIT_STOPPED, STOP_FILE, _write_atomic, record_end, run_state
+    from trainer.host.hostside import (
+        EXIT_FILE,
+        EXIT_KILLED,
+        EXIT_STOPPED,
+        STOP_FILE,
+        _write_atomic,
+        record_end,
+        run_state,
+    )
 
     run_dir = Path(run_dir)
     _write_atomic(run_dir / STOP_FILE, f"{time.time()}\n")

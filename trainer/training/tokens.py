@@ -9,7 +9,7 @@ never trained (a model that never learns to stop), stops the run here with `file
 import re
 from dataclasses import dataclass, field
 
-from trainer.config import Problem, TaskConfig
+from trainer.task.config import Problem, TaskConfig
 
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 

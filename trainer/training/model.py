@@ -4,8 +4,8 @@ import json
 import os
 from pathlib import Path
 
-from trainer.config import TaskConfig
-from trainer.tiny import LOCAL_TINY_DIR, ensure_tiny, is_builtin
+from trainer.builtin.tiny import LOCAL_TINY_DIR, ensure_tiny, is_builtin
+from trainer.task.config import TaskConfig
 
 
 def resolve_base_model(config: TaskConfig, cache_dir: Path | None = None) -> str:

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from trainer.checkpoints import latest_complete_checkpoint
 from trainer.events import EventWriter
-from trainer.gpus import GpuError, claim_gpus
-from trainer.interpreter import no_stack_message, training_python
+from trainer.host.gpus import GpuError, claim_gpus
+from trainer.host.interpreter import no_stack_message, training_python
+from trainer.host.torchrun import process_count, run_workers, trainer_processes
 from trainer.pushed import copy_info, trainer_argv
 from trainer.sizes import human_bytes
-from trainer.workers import process_count, run_workers, trainer_processes
 
 RUN_FILE = "run.json"
 PID_FILE = "pid"
@@ -81,7 +81,7 @@ def cmd_start(args: list[str]) -> int:
         _reply(refusal)
         return 1
     if run.get("slurm") is not None:  # a Slurm login node: sbatch, and the GPUs are Slurm's to choose
-        from trainer.slurm import start_job
+        from trainer.host.slurm import start_job
 
         return start_job(run_dir, run, payload.get("env", {}))
     try:
@@ -354,7 +354,7 @@ def checkpoints_kept(training: dict) -> int | None:
 
 def base_model_dir(base_model: str, workdir: Path, env: dict) -> Path | None:
     """The folder holding the base model's config.json on this host, when it is there to read."""
-    from trainer.tiny import BUILTIN_PREFIX, TINY_VERSION
+    from trainer.builtin.tiny import BUILTIN_PREFIX, TINY_VERSION
 
     if base_model.startswith(BUILTIN_PREFIX):
         # Where trainer/train.py builds it: $GPURUN_CACHE/models, else <workdir>/cache/models.
@@ -492,7 +492,7 @@ def run_state(run_dir: Path) -> dict:
     except (OSError, ValueError):
         pass
     if record.get("slurm") is not None:
-        from trainer.slurm import slurm_state
+        from trainer.host.slurm import slurm_state
 
         live = slurm_state(run_dir, record)  # queued or running while Slurm says the job is not over
         if live is not None:
@@ -649,7 +649,7 @@ def cmd_stop(args: list[str]) -> int:
         _reply(state)
         return 0
     if state.get("job_id"):  # a Slurm job: scancel, not signals to pids the login node cannot see
-        from trainer.slurm import stop_job
+        from trainer.host.slurm import stop_job
 
         _reply(stop_job(run_dir, state, grace))
         return 0

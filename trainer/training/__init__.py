@@ -1,0 +1,1 @@
+"""The training run on the host: the pipeline, recipes, model, tokens, callbacks, evaluation, merge."""
