@@ -29,6 +29,7 @@ from launcher.sshconfig import (
     resolve_ssh_config,
 )
 from trainer.pushed import trainer_argv
+from trainer.rundir import SECRET_NAMES
 
 SSH_CONNECT_TIMEOUT_S = 15
 MUX_PERSIST_S = 120  # an idle shared connection stays this long, for the next gpurun command
@@ -347,5 +348,5 @@ def remote_for(host: Host) -> Remote:
 
 def launcher_env_secrets(host: Host) -> dict[str, str]:
     """Secrets to hand the job: the usual tokens plus the host's `secret_env`, from this laptop's environment."""
-    names = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", *host.secret_env]
+    names = [*SECRET_NAMES, *host.secret_env]
     return {name: os.environ[name] for name in names if os.environ.get(name)}

@@ -19,6 +19,7 @@ from launcher import __version__
 from launcher.errors import GpurunError
 from launcher.hosts import Host
 from launcher.remote import Remote, ssh_failure
+from trainer.rundir import LOG_FILES
 
 IGNORE_FILES = (".gitignore", ".gpurunignore")
 ALWAYS_EXCLUDED = ("/runs/", ".git/", "__pycache__/", ".ipynb_checkpoints/")
@@ -272,7 +273,6 @@ def push_trainer(remote: Remote) -> str:
 # ---------------------------------------------------------------- pull
 
 
-LOG_FILES = ("train.log", "events.jsonl", "run.json")
 MANIFEST = ".gpurun-pulled.json"  # what pull wrote last time: a local file that no longer matches is the user's
 
 

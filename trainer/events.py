@@ -14,7 +14,6 @@ from pathlib import Path
 
 from trainer.checkpoints import mark_complete
 
-EVENTS_FILE = "events.jsonl"
 PHASE_EVERY_S = 0.5  # at most this often a phase event per item (an eval suite can have thousands of rows)
 
 

@@ -27,24 +27,26 @@ from trainer.host.gpus import GpuError, claim_gpus
 from trainer.host.interpreter import no_stack_message, training_python
 from trainer.host.torchrun import process_count, run_workers, trainer_processes
 from trainer.pushed import copy_info, trainer_argv
+from trainer.rundir import (
+    ENV_FILE,
+    EVENTS_FILE,
+    EXIT_FILE,
+    EXIT_KILLED,
+    EXIT_STOPPED,
+    LOG_FILE,
+    PID_FILE,
+    RESERVE_FILE,
+    RUN_FILE,
+    STOP_FILE,
+    TRAINER_EXIT_FILE,
+    WRAPPER_LOG,
+)
 from trainer.sizes import human_bytes
 
-RUN_FILE = "run.json"
-PID_FILE = "pid"
-EXIT_FILE = "exit_code"
-TRAINER_EXIT_FILE = "trainer_exit"  # each trainer process's own word on how it ended (rank N: trainer_exit.rankN)
-RESERVE_FILE = ".reserve"  # space kept back so that how the job ended can be written on a full disk
 RESERVE_BYTES = 1 << 20
 FULL_BELOW_BYTES = 1 << 20  # less free than this after a failure: the disk filled up
-STOP_FILE = "stop_requested"
-ENV_FILE = "env.json"
-LOG_FILE = "train.log"
-EVENTS_FILE = "events.jsonl"
-WRAPPER_LOG = "wrapper.log"
 LOCK_FDS_ENV = "GPURUN_LOCK_FDS"
 STARTING_GRACE_S = 30.0  # a run without a pid file this young is still starting, not lost
-EXIT_STOPPED = 128 + signal.SIGTERM
-EXIT_KILLED = 128 + signal.SIGKILL
 POLL_S = 0.2
 HEARTBEAT_S = 5.0
 

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from trainer.checkpoints import latest_complete_checkpoint
-from trainer.host.hostside import RUN_FILE, run_state
+from trainer.host.hostside import run_state
+from trainer.rundir import RUN_FILE
 
 NOT_STARTED_FILE = "not_started"
 # A run directory without run.json this old is a start that died between its mkdir and run.json.

@@ -19,11 +19,21 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from trainer.rundir import (
+    ENV_FILE,
+    EXIT_FILE,
+    EXIT_KILLED,
+    EXIT_STOPPED,
+    RESERVE_FILE,
+    RUN_FILE,
+    SECRET_NAMES,
+    STOP_FILE,
+)
+
 JOB_SCRIPT = "job.sbatch"
 SLURM_OUTPUT = "slurm-%j.out"  # Slurm's own messages (srun's, slurmstepd's); the run's own log stays train.log
 DEFAULT_SIGNAL_LEAD_S = 120  # seconds before the time limit when the run is asked to checkpoint
 KEYS = ("partition", "account", "time", "nodes", "gpus_per_node", "sbatch_args", "signal_lead")
-EXIT_STOPPED = 143  # 128 + SIGTERM: the trainer saved a checkpoint and stopped
 
 # squeue's states while a job is not over; PENDING-like ones mean "queued".
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "RESV_DEL_HOLD"}
@@ -173,7 +183,7 @@ def queued_message(status: dict) -> str:
 def run_slurm(run_dir: Path) -> dict | None:
     """The run's `slurm` record from run.json (settings and job_id), or None for a run that is not Slurm's."""
     try:
-        record = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+        record = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     slurm = record.get("slurm")
@@ -182,7 +192,6 @@ def run_slurm(run_dir: Path) -> dict | None:
 
 # ---------------------------------------------------------------- the host-side commands' Slurm half
 
-SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 STARTING_GRACE_S = 30.0
 CANCEL_WAIT_S = 30.0
 
@@ -200,7 +209,7 @@ def slurm_env(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     try:
         env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
-        secret_names = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("secret_env")
+        secret_names = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("secret_env")
     except (OSError, ValueError):
         env, secret_names = {}, []
     return _env_without_secrets(env, secret_names)
@@ -212,7 +221,7 @@ def start_job(run_dir: Path, run: dict, env: dict) -> int:
     import shutil
     import sys
 
-    from trainer.host.hostside import ENV_FILE, RESERVE_BYTES, RESERVE_FILE, RUN_FILE, _reply, _write_atomic, run_state
+    from trainer.host.hostside import RESERVE_BYTES, _reply, _write_atomic, run_state
     from trainer.pushed import copy_info, trainer_argv
 
     run_dir = Path(run_dir)
@@ -254,7 +263,7 @@ def slurm_state(run_dir: Path, record: dict) -> dict | None:
 
     job_id = (record.get("slurm") or {}).get("job_id")
     if not job_id:  # between run.json and sbatch's answer, or a start that died there
-        young = time.time() - (Path(run_dir) / "run.json").stat().st_mtime < STARTING_GRACE_S
+        young = time.time() - (Path(run_dir) / RUN_FILE).stat().st_mtime < STARTING_GRACE_S
         return {"state": "queued", "queued": "queued: submitting to Slurm"} if young else None
     try:
         status = job_status(str(job_id), slurm_env(run_dir))
@@ -277,15 +286,7 @@ def stop_job(run_dir: Path, state: dict, grace: float) -> dict:
     `grace`; a job still queued is cancelled at once. The stop file first: the script never requeues it then."""
     import time
 
-    from trainer.host.hostside import (
-        EXIT_FILE,
-        EXIT_KILLED,
-        EXIT_STOPPED,
-        STOP_FILE,
-        _write_atomic,
-        record_end,
-        run_state,
-    )
+    from trainer.host.hostside import _write_atomic, record_end, run_state
 
     run_dir = Path(run_dir)
     _write_atomic(run_dir / STOP_FILE, f"{time.time()}\n")

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from trainer.pushed import BOOTSTRAP
+from trainer.rundir import EXIT_STOPPED, RUN_FILE
 
 PEER_GRACE_S = 60  # after one worker ends (failed, or stopped and saved): how long its peers get before SIGKILL
 JOIN_TIMEOUT_S = 120  # the rendezvous: every worker of one host has joined well before this, or the run fails
@@ -172,7 +173,7 @@ def elastic_main(args: list[str]) -> int:
         run(get_args_parser().parse_args(options))
     except ChildFailedError as exc:
         if stopping.is_set():  # each worker saved and exited on the stop: not a failure
-            return 128 + signal.SIGTERM
+            return EXIT_STOPPED
         rank, failure = first_failure(exc.failures)
         code = _shell_code(failure.exitcode)
         print(failure_note(run_dir, rank, code), end="", flush=True)  # our stdout is train.log
@@ -218,7 +219,7 @@ def _run_nodes(run_dir: Path) -> dict | None:
     import json
 
     try:
-        return json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("nodes")
+        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("nodes")
     except (OSError, ValueError):
         return None
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from trainer.builtin.tiny import default_cache_dir
+from trainer.rundir import RUN_FILE
 from trainer.task.config import config_from_dict
 from trainer.training.model import resolve_base_model, torch_dtype
 from trainer.training.quiet import DEBUG_LOG, route_library_noise
@@ -25,7 +26,7 @@ def merge(run_dir: Path) -> int:
     if not (output / "adapter_config.json").is_file():
         print(f"error: no adapter in {output}: the run has not finished, or trained without LoRA", flush=True)
         return 1
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     config = config_from_dict(record["config"])
     base = resolve_base_model(config, default_cache_dir(fallback=run_dir.parent.parent / "cache" / "models"))
     print(f"merging {output} into {config.base_model} ({base})", flush=True)

@@ -13,16 +13,15 @@ from pathlib import Path
 
 from trainer.builtin.tiny import default_cache_dir
 from trainer.checkpoints import latest_complete_checkpoint
-from trainer.events import EVENTS_FILE, EventWriter, events_callback, phase_progress, stop_callback
+from trainer.events import EventWriter, events_callback, phase_progress, stop_callback
 from trainer.pushed import copy_info
+from trainer.rundir import EVENTS_FILE, EXIT_INTERRUPTED, EXIT_STOPPED, RUN_FILE, SECRET_NAMES
 from trainer.task.config import TaskConfig, TaskError, config_from_dict
 from trainer.task.data import load_task_data
 from trainer.training.model import load_model, load_tokenizer, name_the_base, resolve_base_model
 from trainer.training.quiet import debug_log_name, route_library_noise
 
 OUTPUT_DIR = "output"
-EXIT_STOPPED = 128 + signal.SIGTERM
-SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 DIGEST_ENV = "GPURUN_TRAINED_DIGEST"  # tests: each process records a hash of the weights it trained
 
 
@@ -52,7 +51,7 @@ def run(run_dir: Path) -> int:
     try:
         code = _run(run_dir)
     except KeyboardInterrupt:
-        code = 128 + signal.SIGINT
+        code = EXIT_INTERRUPTED
         raise
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
@@ -78,7 +77,7 @@ def own_log(path: Path) -> None:
 def _run(run_dir: Path) -> int:
     workdir = run_dir.parent.parent
     stop = StopRequest()
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     # With several GPUs the wrapper starts one process per GPU (DDP); rank 0 speaks for the run.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     route_library_noise(run_dir / debug_log_name(rank))  # before the libraries load: train.log is for people
