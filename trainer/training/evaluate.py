@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from trainer.task.suite import as_call
+
 # Qwen2.5 / Qwen3 / Hermes templates (and builtin:tiny's) emit each call as JSON inside <tool_call></tool_call>.
 # An unclosed last block still counts: max_new_tokens may cut the closing tag off after a complete call.
 TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
@@ -53,7 +55,7 @@ def template_calls(tokenizer, new_ids: list[int], prompt_ids: list[int], tools: 
     except Exception:  # noqa: BLE001 - a reply the template's parser chokes on is the text parser's to read
         return []
     calls = message.get("tool_calls") if isinstance(message, dict) else None
-    found = [_as_call(c.get("function", c)) for c in calls or [] if isinstance(c, dict)]
+    found = [as_call(c.get("function", c)) for c in calls or [] if isinstance(c, dict)]
     return [call for call in found if call]
 
 
@@ -73,41 +75,17 @@ def json_objects(text: str) -> list[dict]:
     return found
 
 
-def _as_call(value: dict) -> dict | None:
-    """{"name", "arguments"} from one parsed call; arguments written as a JSON string (OpenAI's way) are parsed."""
-    name = value.get("name")
-    if not isinstance(name, str) or not name:
-        return None
-    arguments = value.get("arguments", value.get("parameters", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            pass  # kept as written: it can never equal the expected object
-    return {"name": name, "arguments": arguments}
-
-
 def parse_tool_calls(text: str) -> list[dict]:
     """The calls in a reply: <tool_call> blocks holding JSON, else the first bare JSON object with a "name"."""
     blocks = TOOL_CALL_BLOCK.findall(text)
     if blocks:
-        calls = [_as_call(objects[0]) for objects in map(json_objects, blocks) if objects]
+        calls = [as_call(objects[0]) for objects in map(json_objects, blocks) if objects]
         return [call for call in calls if call]
     for value in json_objects(text):
-        call = _as_call(value)
+        call = as_call(value)
         if call:
             return [call]
     return []
-
-
-def expected_call(messages: list[dict]) -> dict | None:
-    """The first tool call of the last assistant turn, as {"name", "arguments"}, or None."""
-    answers = [m for m in messages if m.get("role") == "assistant"]
-    calls = answers[-1].get("tool_calls") if answers else None
-    if not calls:
-        return None
-    function = calls[0].get("function", calls[0])
-    return _as_call(function)
 
 
 def reply_field(reply: str, field: str):
@@ -202,35 +180,6 @@ def answer_suite(model, tokenizer, rows: list[dict], max_new_tokens: int, on_pro
         if on_progress is not None:
             on_progress(done)
     return {"replies": replies, "calls": calls}
-
-
-def suite_row(normal: dict, expected_field: str, row: dict) -> tuple[dict | None, str | None]:
-    """A checked, normalised chat row -> (suite row, None), or (None, what is wrong with it).
-
-    The prompt is everything before the last assistant turn; what it is scored against is that turn's tool call,
-    or the row's `expected_field` when one is set.
-    """
-    messages = normal.get("messages") or []
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None:
-        return None, "no assistant turn: nothing to score against"
-    out = {"messages": [{k: v for k, v in m.items() if k != "weight"} for m in messages[:last]]}
-    if normal.get("tools"):
-        out["tools"] = normal["tools"]
-    if expected_field:
-        value = row.get(expected_field)
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool) or value == "":
-            return None, f"missing `{expected_field}` (the expected answer, eval_suite.expected_field)"
-        out["expected"] = value
-        return out, None
-    call = expected_call(messages[last:])
-    if call is None:
-        return None, (
-            "the last assistant turn holds no `tool_calls`, so there is no call to score: "
-            "add one, or set eval_suite.expected_field to a column holding the expected answer"
-        )
-    out["call"] = call
-    return out, None
 
 
 def sample_rows(rows: list[dict], count: int) -> list[dict]:
