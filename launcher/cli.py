@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from launcher.errors import EXIT_LOST, EXIT_STOPPED, EXIT_USER, GpurunError
+from launcher.errors import EXIT_USER, GpurunError
 
 
 class GpurunGroup(click.Group):
@@ -57,38 +57,23 @@ def _root() -> Path:
     return find_root()
 
 
-def _run_and_remote(run: str | None, allow_not_started: bool = False):
-    """(project root, history, the named or latest run, its host's Remote): what every run command starts with."""
-    import shlex
+def _open(run: str | None, allow_not_started: bool = False):
+    """The run a command means and its host (launcher.runs.open_run)."""
+    from launcher.runs import open_run
 
-    from launcher.hosts import resolve_host
-    from launcher.remote import remote_for
-    from launcher.runs import STARTING, History
-
-    root = _root()
-    history = History(root)
-    record = history.get(run)
-    remote = remote_for(resolve_host(root, record.host))
-    if record.state == STARTING:  # its start never answered: ask the host whether it began
-        from launcher.runs import refresh_state
-
-        refresh_state(history, remote, record)
-        record = history.get(record.run_id)
-    if record.state == "not_started" and not allow_not_started:
-        raise GpurunError(
-            f"{record.run_id} never started on {record.host} (the connection dropped while starting it)",
-            f"start it again: gpurun train {shlex.quote(record.task_dir)}",
-        )
-    return root, history, record, remote
+    return open_run(_root(), run, allow_not_started)
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from launcher.render import make_console
 
-    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = 160  # piped: tables keep their columns rather than fold to 80
-    return console
+    return make_console(stderr)
+
+
+def _progress(console, label: str):
+    from launcher.render import progress_bar
+
+    return progress_bar(console, label)
 
 
 @main.command()
@@ -106,24 +91,19 @@ def push(task, host):
     Example:
       gpurun push tasks/hr --host a100
     """
-    from launcher.checks import check_task, data_paths
-    from launcher.hosts import resolve_host
+    from launcher.launch import plan_task_push
     from launcher.launch import push as do_push
-    from launcher.launch import resolve_task_dir
     from launcher.render import push_plan_text
-    from launcher.runs import History
-    from launcher.sync import plan_push, task_name_of
 
     root = _root()
-    task_dir = resolve_task_dir(root, task, History(root))
-    target = resolve_host(root, host)
-    task_name_of(task_dir)
-    data_files = data_paths(check_task(task_dir).config)  # nothing is pushed for an invalid task
+    pushing = plan_task_push(root, task, host)
     console = _console()
-    console.print(push_plan_text(task_dir, plan_push(task_dir, data_files)))
-    with _progress(console, f"push {task_dir.name} → {target.name}") as on_progress:
-        dest = do_push(root, task_dir, target, on_progress, data_files)
-    console.print(f"pushed [bold]{task_dir}[/] to {target.name}:{dest}")
+    if pushing.checked and (line := pushing.checked.cached_line()):
+        console.print(line)
+    console.print(push_plan_text(pushing.task_dir, pushing.plan))
+    with _progress(console, f"push {pushing.task_dir.name} → {pushing.host.name}") as on_progress:
+        dest = do_push(root, pushing, on_progress)
+    console.print(f"pushed [bold]{pushing.task_dir}[/] to {pushing.host.name}:{dest}")
 
 
 @main.command()
@@ -151,22 +131,16 @@ def train(task, host, gpus, overrides, experiment, resume, force):
       gpurun train --resume hr-20260101-120000-ab12
       GPURUN_HOST=a100 gpurun train tasks/hr
     """
-    from launcher.launch import launch, resolve_task_dir
-    from launcher.runs import History
+    from launcher.launch import launch, resolve_train
 
     root = _root()
-    history = History(root)
-    parent = history.get(resume) if resume else None
-    if parent and task is None:
-        task = parent.task_dir
-    if parent and host is None:
-        host = parent.host
-    task_dir = resolve_task_dir(root, task, history)
+    request = resolve_train(root, task, host, resume)
+    parent = request.parent
     console = _console()
-    with console.status(f"checking and syncing {task_dir.name}…"):
-        launched = launch(
-            root, task_dir, host, gpus=gpus, overrides=overrides, experiment=experiment, resume=parent, force=force
-        )
+    with console.status(f"checking and syncing {request.task_dir.name}…"):
+        launched = launch(root, request.task_dir, request.host, gpus, overrides, experiment, resume=parent, force=force)
+    if line := launched.checked.cached_line():
+        console.print(line)
     for notice in launched.checked.notices:
         console.print(f"[yellow]notice:[/] {notice}")
     for warning in launched.warnings:
@@ -200,59 +174,26 @@ def logs(run, follow, tail):
     Example:
       gpurun logs -f
     """
-    from launcher.follow import follow as do_follow
-    from launcher.render import Dashboard
+    from launcher import control
+    from launcher.render import Dashboard, end_text
+    from launcher.runs import exit_code_of
 
-    root, history, record, remote = _run_and_remote(run)
+    opened = _open(run)
+    record = opened.record
+    if not follow:
+        sys.stdout.write(control.log_now(opened, tail))
+        return
     console = _console()
     dashboard = Dashboard(console, record.run_id, quiet_log=False)
     dashboard.seed(record.step, record.total_steps)  # a resumed run shows its step N/TOTAL from the start
-    lines: list[str] = []
-    if not follow:
-        from launcher.follow import read_once
-
-        state = read_once(remote, record, lines.append)
-        text = "".join(lines)
-        if tail is not None:
-            text = "\n".join(text.splitlines()[-tail:]) + "\n"
-        sys.stdout.write(text)
-        history.update_state(record.run_id, state)
-        return
     try:
-        with dashboard:
-            start = -tail if tail is not None else 0
-            state = do_follow(remote, record, dashboard.log, dashboard.events, dashboard.set_status, log_offset=start)
+        state = control.follow_to_end(opened, dashboard, tail, console.print)
     except KeyboardInterrupt:
         console.print(f"\ndetached; {record.run_id} goes on on {record.host}. Reattach: gpurun logs -f {record.run_id}")
         sys.exit(0)
-    from launcher.nodes import end_state, nodes_of
-
-    nodes = nodes_of(root, history, record)
-    if nodes:  # several hosts: node 0 was followed; a failure on another node ended the run, and is named
-        state = end_state(nodes, record.run_id, state, console.print)
-    history.update_state(record.run_id, state)
-    sys.exit(_report_end(console, state))
-
-
-def _report_end(console, state: dict) -> int:
-    name = state.get("state")
-    if name == "not_found":
-        raise GpurunError(f"run {state.get('run_id')} is not on its host", "list runs with: gpurun runs")
-    code = state.get("exit_code")
-    if name == "succeeded":
-        console.print(f"[green]succeeded[/]: fetch the adapter with: gpurun pull {state.get('run_id')}")
-        return 0
-    if name == "stopped":
-        console.print("[yellow]stopped[/] (gpurun stop)")
-        return EXIT_STOPPED
-    if name == "lost":
-        console.print(
-            "[magenta]lost[/]: the job is gone and nothing says how it ended"
-            " (host rebooted, or wrapper and trainer killed)"
-        )
-        return EXIT_LOST
-    console.print(f"[red]failed[/] with exit code {code}: see the log above")
-    return int(code) if code else EXIT_USER
+    code = exit_code_of(state)
+    console.print(end_text(state))
+    sys.exit(code)
 
 
 @main.command()
@@ -274,69 +215,30 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
       gpurun pull --checkpoints
       gpurun pull --watch --interval 60
     """
-    import time
+    from launcher.pull import Pull
+    from launcher.pull import pull as do_pull
+    from launcher.pull import watch as do_watch
+    from launcher.render import shown_path
 
-    from launcher.runs import refresh_state
-    from launcher.sync import pull_run
-
-    root, history, record, remote = _run_and_remote(run)
-    dest = Path(record.task_dir) / "runs" / record.run_id
+    opened = _open(run)
     console = _console()
-
-    def state_now() -> dict:
-        state = refresh_state(history, remote, record)
-        if state.get("state") == "not_found":
-            raise GpurunError(f"run {record.run_id} is not on {record.host}", "list runs with: gpurun runs")
-        return state
-
-    def fetch(with_checkpoints: bool) -> None:
-        with _progress(console, f"pull {record.run_id}") as on_progress:
-            pull_run(remote, record.run_id, dest, with_checkpoints, on_progress, force=force, merged=merged)
-
-    state = state_now()
+    job = Pull(opened, checkpoints, force, merged, lambda label: _progress(console, label))
     if watch:
-        seen: set[str] = set()
-        try:
-            while state.get("state") in ("running", "queued"):
-                try:
-                    fetch(True)
-                except GpurunError as exc:  # a checkpoint rotated away mid-transfer: the next round gets it
-                    console.print(f"[yellow]warning:[/] {exc.message}; retrying in {interval:g}s")
-                new = sorted({p.name for p in dest.glob("checkpoint-*")} - seen)
-                for name in new:
-                    console.print(f"fetched {name}")
-                seen.update(new)
-                console.print(
-                    f"step {state.get('step', 0)}/{state.get('total_steps', '?')}; next fetch in {interval:g}s"
-                )
-                time.sleep(interval)
-                state = state_now()
-        except KeyboardInterrupt:
-            console.print("\nstopped watching; the run goes on")
+        state = do_watch(job, interval, console.print)
+        if state is None:
             return
-        checkpoints = True
-    elif state.get("state") in ("running", "queued") and not partial:
-        raise GpurunError(
-            f"{record.run_id} is still running (step {state.get('step', 0)}/{state.get('total_steps', '?')})",
-            "wait for it (gpurun logs -f), pull what exists now with --partial, or keep pulling with --watch",
-        )
-    fetch(checkpoints)
-    adapter = dest / "adapter_model.safetensors"
+    else:
+        state = do_pull(job, partial)
+    record = opened.record
+    adapter = job.dest / "adapter_model.safetensors"
     if adapter.exists():
-        console.print(f"adapter: [bold]{_shown(root, adapter)}[/]")
-    elif not checkpoints and state.get("state") in ("stopped", "failed", "lost"):
+        console.print(f"adapter: [bold]{shown_path(opened.root, adapter)}[/]")
+    elif not job.checkpoints and state.get("state") in ("stopped", "failed", "lost"):
         console.print(
             f"[yellow]no final adapter[/]: the run ended {state.get('state')} before saving one; "
             f"its checkpoints come with: gpurun pull {record.run_id} --checkpoints"
         )
-    console.print(f"pulled {record.run_id} ({state.get('state')}) into {_shown(root, dest)}")
-
-
-def _shown(root: Path, path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root))
-    except ValueError:
-        return str(path)
+    console.print(f"pulled {record.run_id} ({state.get('state')}) into {shown_path(opened.root, job.dest)}")
 
 
 @main.command()
@@ -348,18 +250,14 @@ def status(run):
     Example:
       gpurun status hr-20260101-120000-ab12
     """
+    from launcher import control
     from launcher.render import runs_table
-    from launcher.runs import refresh_state
 
-    root, history, record, remote = _run_and_remote(run, allow_not_started=True)
-    refresh_state(history, remote, record)
-    row = {**history.get(record.run_id).__dict__}
-    _console().print(runs_table([row]))
-    from launcher.nodes import node_lines, node_states, nodes_of
-
-    nodes = nodes_of(root, history, record)
-    for line in node_lines(nodes, node_states(nodes, record.run_id)) if nodes else []:
-        _console().print(line)
+    row, node_lines = control.status(_open(run, allow_not_started=True))
+    console = _console()
+    console.print(runs_table([row]))
+    for line in node_lines:
+        console.print(line)
 
 
 @main.command()
@@ -371,30 +269,15 @@ def runs(limit):
     Example:
       gpurun runs --limit 5
     """
-    from launcher.hosts import resolve_host
-    from launcher.remote import remote_for
     from launcher.render import runs_table
-    from launcher.runs import FINAL_STATES, STARTING, History, fetch_states, settle_states
+    from launcher.runs import History, refresh_runs
 
     root = _root()
-    history = History(root)
-    records = history.all(limit)
-    by_host: dict[tuple[str, str, bool], list[str]] = {}
-    for record in records:
-        if record.state not in FINAL_STATES:  # a finished run's state never changes: no round trip
-            # a run whose start never answered is settled: running if it began, else never to begin
-            key = (record.host, record.trainer_root, record.state == STARTING)
-            by_host.setdefault(key, []).append(record.run_id)
-    for (host, trainer_root, starting), run_ids in by_host.items():
-        ask = settle_states if starting else fetch_states
-        try:
-            states = ask(remote_for(resolve_host(root, host)), trainer_root, run_ids)
-        except GpurunError as exc:
-            _console(stderr=True).print(f"[yellow]warning:[/] {host}: {exc.message}")
-            continue
-        for run_id, state in states.items():
-            history.update_state(run_id, state)
-    rows = [r.__dict__ for r in history.all(limit)]
+
+    def warn(text: str) -> None:
+        _console(stderr=True).print(f"[yellow]warning:[/] {text}")
+
+    rows = [r.__dict__ for r in refresh_runs(root, History(root), limit, warn)]
     if not rows:
         _console().print("no runs yet: gpurun train tasks/demo")
         return
@@ -411,29 +294,21 @@ def stop(run, grace):
     Example:
       gpurun stop --grace 120
     """
-    import json
-
+    from launcher import control
     from launcher.runs import FINAL_STATES
 
-    root, history, record, remote = _run_and_remote(run)
+    opened = _open(run)
+    record = opened.record
     console = _console()
     if record.state in FINAL_STATES:  # a final state never changes: no round trip, no false "waiting"
         console.print(f"{record.run_id}: already {record.state}, nothing to stop")
         return
-    argv = remote.python_argv(record.trainer_root, "stop", remote.path("runs", record.run_id), str(grace))
     # The host's stop returns once the trainer has saved and exited: up to --grace seconds of silence.
     waiting = f"stopping {record.run_id}: waiting for the checkpoint at the next step (SIGKILL after {grace:g}s)…"
     if not console.is_terminal:
         console.print(waiting)  # piped: one line; on a terminal, the spinner below says it
-    from launcher.nodes import nodes_of, stop_all
-
-    nodes = nodes_of(root, history, record)
     with console.status(waiting):
-        if nodes:  # several hosts: every node at once; node 0's state is the run's
-            state = stop_all(nodes, record.run_id, grace)
-        else:
-            state = json.loads(remote.run(argv).stdout.strip().splitlines()[-1])
-    history.update_state(record.run_id, state)
+        state = control.stop(opened, grace)
     ended = state.get("state")
     console.print(f"{record.run_id}: {ended}" + ("" if ended == "stopped" else " (it had already ended)"))
 
@@ -449,20 +324,14 @@ def merge(run):
     Example:
       gpurun merge hr-20260101-120000-ab12
     """
-    from launcher.sync import push_trainer
+    from launcher import control
 
-    root, _, record, remote = _run_and_remote(run)
+    opened = _open(run)
+    record = opened.record
     console = _console()
     with console.status(f"merging {record.run_id} on {record.host}…"):
-        trainer_root = push_trainer(remote)  # this launcher's trainer: the run's own may predate merge
-        argv = remote.python_argv(trainer_root, "merge", remote.path("runs", record.run_id))
-        proc = remote.run(argv, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    if proc.returncode != 0:
-        message = next((line[7:] for line in lines if line.startswith("error: ")), None)
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise GpurunError(f"merge of {record.run_id} failed: {message or tail}", "check the run: gpurun status")
-    console.print(lines[-1] if lines else "merged")
+        said = control.merge(opened)
+    console.print(said)
     console.print(f"bring it home: gpurun pull {record.run_id} --merged")
 
 
@@ -493,11 +362,15 @@ def validate(task, overrides, experiment, show, strict):
 
     root = _root()
     task_dir = resolve_task_dir(root, task, History(root))
-    checked = check_task(task_dir, overrides, experiment)
+    checked = check_task(task_dir, overrides, experiment, root=root)
     console = _console()
     for notice in checked.notices:
         console.print(f"[yellow]notice:[/] {plain(notice)}")
-    report = token_checks(root, task_dir, overrides, experiment, show=show)
+    tokens: dict = {}
+    report = token_checks(root, task_dir, overrides, experiment, show=show, config=checked.config, cached=tokens)
+    checked.tokens_cached = bool(tokens.get("hit"))
+    if line := checked.cached_line():
+        console.print(line)
     counts = ", ".join(f"{n} {split}" for split, n in checked.counts.items() if n)
     config = checked.config
     console.print(f"[green]ok[/] {plain(task_dir)}: {config.task} on {plain(config.base_model)}; rows: {counts}")
@@ -580,29 +453,6 @@ def setup(host, torch_spec, pip_args, force, verbose):
     from launcher.render import setup_report_text
 
     console.print(setup_report_text(target.name, report))
-
-
-def _progress(console, label: str):
-    """A context manager yielding an on_progress(percent, bytes) callback that drives a rich bar."""
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
-
-    @contextmanager
-    def bar():
-        progress = Progress(
-            TextColumn(label), BarColumn(), TaskProgressColumn(), DownloadColumn(), console=console, transient=True
-        )
-        with progress:
-            task = progress.add_task(label, total=100)
-
-            def on_progress(percent: int, done_bytes: int) -> None:
-                total = done_bytes * 100 / percent if percent else None
-                progress.update(task, completed=done_bytes, total=total)
-
-            yield on_progress
-
-    return bar()
 
 
 if __name__ == "__main__":

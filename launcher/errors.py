@@ -15,10 +15,3 @@ class GpurunError(Exception):
         self.hint = hint
         self.exit_code = exit_code
         self.details = details or []
-
-
-def host_error(host_name: str, reply: dict) -> GpurunError:
-    """A host-side command's {"error", "hint"} reply. The host does not know its own name in hosts.yaml:
-    its hints say `--host HOST` where the name belongs."""
-    hint = reply.get("hint", "").replace("--host HOST", f"--host {host_name}")
-    return GpurunError(f"on {host_name}: {reply['error']}", hint)

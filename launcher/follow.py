@@ -1,10 +1,10 @@
 """Follow a run from byte offsets: train.log lines and events, each exactly once, across reconnects."""
 
-import json
 import time
 from collections.abc import Callable
 
 from launcher.errors import GpurunError
+from launcher.hostcalls import follow_argv, json_object
 from launcher.remote import HOST_KEY_KINDS, Remote, SSHFailure, ssh_failure
 from launcher.runs import RunRecord
 
@@ -27,7 +27,6 @@ def follow(
     never reached (nothing listening, a name that does not resolve, a refused login) is an error after
     FIRST_CONNECT_TRIES tries, and a refused host key at once, since no retry can fix it.
     """
-    run_dir = remote.path("runs", record.run_id)
     backoff = 1.0
     connected = False
     failed_tries = 0
@@ -35,12 +34,10 @@ def follow(
         failure = remote.connect()  # the shared connection's master; None without one (then ssh itself tells)
         stderr = ""
         if failure is None:
-            argv = remote.python_argv(record.trainer_root, "follow", run_dir, str(log_offset), str(events_offset))
-            proc = remote.stream(argv)
+            proc = remote.stream(follow_argv(remote, record.trainer_root, record.run_id, log_offset, events_offset))
             for line in proc.stdout:
-                try:
-                    message = json.loads(line)
-                except ValueError:
+                message = json_object(line)
+                if message is None:
                     continue
                 backoff = 1.0  # the link works again
                 connected = True  # the host's follow answered (it sends a heartbeat first thing)
@@ -75,22 +72,3 @@ def follow(
             on_status(f"connection to {remote.host.name} lost; reconnecting in {backoff:.0f}s… (Ctrl-C detaches)")
         time.sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-
-def read_once(remote: Remote, record: RunRecord, on_log: Callable[[str], None]) -> dict:
-    """The whole train.log as it is now, and the run's state; no waiting."""
-    argv = remote.python_argv(
-        record.trainer_root, "follow", remote.path("runs", record.run_id), "0", str(1 << 62), "once"
-    )
-    proc = remote.run(argv)
-    state: dict = {}
-    for line in proc.stdout.splitlines():
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if "log" in message:
-            on_log(message["log"])
-        elif "end" in message:
-            state = message["end"]
-    return state

@@ -6,13 +6,13 @@ there), picks the torch build that host's driver can run, pushes the trainer cop
 makes the venv, runs pip and verifies the result by importing it. Runs on that host then use the venv.
 """
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
-from launcher.errors import GpurunError, host_error
+from launcher.errors import GpurunError
+from launcher.hostcalls import host_error, json_object, stream_setup
 from launcher.remote import Remote, ssh_failure
 from launcher.sync import push_trainer
 from trainer.host.interpreter import READY_MARKER, TRAINING_STACK, VENV_DIR
@@ -233,9 +233,8 @@ def probe_host(remote: Remote, read_gpu: bool) -> HostProbe:
             f"{host.python} on {host.name} is Python {version}; gpurun needs 3.10 or newer",
             f"set `python:` of {host.name} in hosts.yaml to a newer Python",
         )
-    try:
-        found = json.loads(lines[-1])
-    except (ValueError, IndexError):
+    found = json_object(lines[-1]) if lines else None
+    if found is None:
         tail = " / ".join(proc.stderr.strip().splitlines()[-3:])
         raise GpurunError(f"probing {host.python} on {host.name} failed (exit {proc.returncode})", tail) from None
     return HostProbe(version, found["stack"], found["venv_ready"], found["nvidia_smi"], found.get("nvidia_smi_exit", 0))
@@ -262,34 +261,24 @@ def setup_host(
         choice = choose_torch(probe.nvidia_smi, probe.nvidia_smi_exit, host.name)
     plan = install_plan(train_requirements(), torch_spec, pip_args, choice)
     trainer_root = push_trainer(remote)
-    args = ["setup", *(["--force"] if force else [])]
+    args = ["--force"] if force else []
     for arg in pip_args:
         args += ["--pip-arg", arg]
     for arg in plan.torch_pip_args:
         args += ["--torch-pip-arg", arg]
-    proc = remote.stream(remote.python_argv(trainer_root, *args, "--", *plan.requirements))
-    reply: dict | None = None
-    try:
-        for line in proc.stdout:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                on_log(line.rstrip())
-                continue
-            if "log" in item:
-                on_log(item["log"])
-            elif "installing" in item:
-                what = item["installing"]
-                on_plan(plan.summary(host.name, what["venv"], what.get("free_bytes")))
-            elif "alive" not in item:  # heartbeats only prove the laptop is still there
-                reply = item
-    except KeyboardInterrupt:
-        # The host half stops its pip when it sees the connection close: make sure ours closes.
-        proc.terminate()
-        proc.wait()
-        raise
-    stderr = proc.stderr.read() if proc.stderr else ""
-    code = proc.wait()
+
+    def on_item(item: dict) -> bool:
+        """True for the reply; progress goes to the callbacks."""
+        if "log" in item:
+            on_log(item["log"])
+        elif "installing" in item:
+            what = item["installing"]
+            on_plan(plan.summary(host.name, what["venv"], what.get("free_bytes")))
+        else:
+            return "alive" not in item  # heartbeats only prove the laptop is still there
+        return False
+
+    reply, code, stderr = stream_setup(remote, trainer_root, [*args, "--", *plan.requirements], on_item, on_log)
     if reply is None:
         if code == 255:
             raise ssh_failure(host, stderr)

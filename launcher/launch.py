@@ -1,24 +1,26 @@
 """`gpurun train`: check -> push -> start detached -> record. Returns as soon as the job runs."""
 
-import copy
 import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import __version__
-from launcher.checks import CheckedTask, check_task, data_paths, task_error, token_checks
-from launcher.errors import GpurunError, host_error
+from launcher.checks import CheckedTask, check_all, check_task, data_paths
+from launcher.errors import GpurunError
+from launcher.hostcalls import host_error, start_run
 from launcher.hosts import Host, resolve_host
 from launcher.nodes import Node, copy_checkpoint, each, resolve_nodes, save_nodes, start_nodes
 from launcher.project import state_dir
-from launcher.remote import Remote, check_python, launcher_env_secrets, remote_for
-from launcher.runs import STARTING, History, RunRecord, fetch_resume_info, new_run_id
-from launcher.sync import push_task, push_trainer, task_name_of, trainer_version
-from trainer.task.config import Problem, TaskError, apply_overrides, config_from_dict, config_to_dict
-from trainer.task.data import load_task_data
+from launcher.remote import Remote, SSHFailure, check_python, launcher_env_secrets, remote_for
+from launcher.resume import Resumed, plan_resume
+from launcher.runs import STARTING, History, RunRecord, new_run_id
+from launcher.sync import PushPlan, plan_push, push_task, push_trainer, task_name_of, trainer_version
+from trainer.task.loading import config_to_dict
+from trainer.testpause import hold
 
 LAST_TASK = "last_task"
 
@@ -30,7 +32,7 @@ class Launched:
     gpus: str | None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    resumed: "Resumed | None" = None
+    resumed: Resumed | None = None
     job_id: str | None = None  # on a Slurm host: the job sbatch queued
     queued: str | None = None  # and why it waits, as squeue says ("queued: Resources (job 12)")
 
@@ -58,12 +60,51 @@ def remember_task(root: Path, task_dir: Path, history: History) -> None:
     history.set_meta(LAST_TASK, str(shown))
 
 
-def push(root: Path, task_dir: Path, host: Host, on_progress=None, data_files=()) -> str:
-    """Mirror a task (checked by the caller: nothing is pushed for an invalid one) to the host."""
-    remote = remote_for(host)
-    dest = push_task(remote, task_dir, on_progress, data_files)
-    remember_task(root, task_dir, History(root))
+@dataclass
+class TaskPush:
+    """`gpurun push`, checked and planned: what it will mirror where (shown before the transfer starts)."""
+
+    task_dir: Path
+    host: Host
+    data_files: list[str]
+    plan: PushPlan
+    checked: CheckedTask | None = None
+
+
+def plan_task_push(root: Path, task: str | None, host_name: str | None) -> TaskPush:
+    task_dir = resolve_task_dir(root, task, History(root))
+    host = resolve_host(root, host_name)
+    task_name_of(task_dir)
+    checked = check_task(task_dir, root=root)  # nothing is pushed for an invalid task (cached by the data's bytes)
+    data_files = data_paths(checked.config)
+    return TaskPush(task_dir, host, data_files, plan_push(task_dir, data_files), checked)
+
+
+def push(root: Path, pushing: TaskPush, on_progress=None) -> str:
+    """Mirror a task (checked by plan_task_push: nothing is pushed for an invalid one) to the host."""
+    dest = push_task(remote_for(pushing.host), pushing.task_dir, on_progress, pushing.data_files)
+    remember_task(root, pushing.task_dir, History(root))
     return dest
+
+
+@dataclass
+class TrainRequest:
+    """`gpurun train`'s arguments resolved: the task folder, the host named, the run resumed."""
+
+    task_dir: Path
+    host: str | None
+    parent: RunRecord | None
+
+
+def resolve_train(root: Path, task: str | None, host: str | None, resume: str | None) -> TrainRequest:
+    """A resume takes its parent's task and host unless told otherwise; else the task given or pushed last."""
+    history = History(root)
+    parent = history.get(resume) if resume else None
+    if parent and task is None:
+        task = parent.task_dir
+    if parent and host is None:
+        host = parent.host
+    return TrainRequest(resolve_task_dir(root, task, history), host, parent)
 
 
 def launch(
@@ -76,7 +117,31 @@ def launch(
     resume: RunRecord | None = None,
     force: bool = False,
 ) -> Launched:
+    """Check, push, start detached, record: the run as started, or a GpurunError before anything starts."""
     timings: dict[str, float] = {}
+    lap = stopwatch(timings)
+    task = task_name_of(task_dir)
+    history = History(root)
+    target = resolve_target(root, host_name, gpus)
+    if resume is None:
+        prepared = prepare_new(root, task_dir, target, overrides, experiment, gpus, lap)
+    else:
+        prepared = prepare_resume(task_dir, target, resume, task, overrides, experiment, gpus, force, lap)
+    remember_task(root, task_dir, history)
+    lap("push")
+    record, run = describe_run(new_run_id(task), task, task_dir, target, prepared, overrides, resume, force)
+    reply = start(history, target, record, run)
+    lap("start")
+    # 4. Record its state, so `logs -f` and `pull` without arguments mean this run.
+    record.state = reply.get("state")
+    history.add(record)
+    launched = Launched(record, prepared.checked, reply.get("gpus"), reply.get("warnings") or [], timings)
+    launched.resumed, launched.job_id, launched.queued = prepared.resumed, reply.get("job_id"), reply.get("queued")
+    return launched
+
+
+def stopwatch(timings: dict[str, float]) -> Callable[[str], None]:
+    """lap(name) records the seconds since the previous lap (or since now) under `name`."""
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -85,8 +150,22 @@ def launch(
         timings[name] = now - clock
         clock = now
 
-    task = task_name_of(task_dir)
-    history = History(root)
+    return lap
+
+
+@dataclass
+class Target:
+    """Where a run goes: `name` as the history records it (a several-host run: the group's), the host that
+    decides (node 0), its remote, and every node (one for a one-host run)."""
+
+    name: str
+    host: Host
+    remote: Remote
+    nodes: list[Node]
+    several: bool
+
+
+def resolve_target(root: Path, host_name: str | None, gpus: str | None) -> Target:
     host = resolve_host(root, host_name)  # several hosts: node 0
     remote = remote_for(host)
     group = resolve_nodes(root, host_name)  # (name, nodes) of a several-host run, else None
@@ -98,52 +177,99 @@ def launch(
         )
     # A `python:` that is not there is told now, not after the local checks; on every node.
     each(nodes, lambda node: check_python(node.remote, state_dir(root)))
-    resumed: Resumed | None = None
-    if resume is None:
-        # 1. Check the task on the laptop: nothing moves for an invalid one.
-        checked = check_task(task_dir, overrides, experiment)
-        token_checks(root, task_dir, overrides, experiment)  # masks and lengths, where the tokenizer is at hand
-        all_overrides = list(overrides)
-        lap("check")
-        # 2. Sync the task (a no-op when nothing changed) and this launcher's trainer, to every node at once:
-        # a node that cannot be reached fails here, before anything starts anywhere.
-        each(nodes, lambda node: push_both(node, task_dir, checked))
-        trainer_root = nodes[0].trainer_root
-    else:
-        # 1-2. A resume asks the parent's host first (with this launcher's trainer, which knows how):
-        # the parent's resolved config is the truth, and a parent with nothing to resume from is
-        # refused before the task is pushed or anything starts.
-        for node in nodes:
-            node.trainer_root = push_trainer(node.remote)
-        trainer_root = nodes[0].trainer_root
-        resumed = plan_resume(remote, trainer_root, resume, task, task_dir, overrides, experiment, force)
-        checked = resumed.checked
-        experiment = resumed.experiment
-        all_overrides = resumed.overrides + list(overrides)
-        if gpus is None and host.scheduler != "slurm":
-            gpus = resumed.gpus
-        # No laptop token checks here: the parent passed them, and the host checks every example's
-        # tokens again with this exact config before it loads the model.
-        lap("check")
-        each(nodes, lambda node: push_task(node.remote, task_dir, data_files=data_paths(checked.config)))
-        if group:  # no shared disk: every node resumes from node 0's checkpoint
-            copy_checkpoint(nodes, resume.run_id, resumed.checkpoint)
-    remember_task(root, task_dir, history)
-    lap("push")
+    return Target(group[0] if group else host.name, host, remote, nodes, group is not None)
 
-    # 3. Record the run, then start the wrapper detached on the host (one round trip, secrets on
-    # stdin only). Recorded first: if the connection drops during the start, the next command
-    # still knows this run and asks the host whether it began.
-    run_id = new_run_id(task)
+
+@dataclass
+class Prepared:
+    """A run checked and pushed to every node, about to start."""
+
+    checked: CheckedTask
+    experiment: str | None
+    overrides: list[str]  # every --set in effect (a resumed run: its parent's, then its own)
+    gpus: str | None
+    trainer_root: str  # node 0's
+    resumed: Resumed | None = None
+
+
+def prepare_new(
+    root: Path,
+    task_dir: Path,
+    target: Target,
+    overrides: tuple[str, ...],
+    experiment: str | None,
+    gpus: str | None,
+    lap: Callable[[str], None],
+) -> Prepared:
+    # 1. Check the task on the laptop: nothing moves for an invalid one.
+    # Rows, then masks and lengths where the tokenizer is at hand; each skipped when what shapes it is unchanged.
+    checked = check_all(root, task_dir, overrides, experiment)
+    lap("check")
+    # 2. Sync the task (a no-op when nothing changed) and this launcher's trainer, to every node at once:
+    # a node that cannot be reached fails here, before anything starts anywhere.
+    hold("push")  # tests: a drop before the push
+    each(target.nodes, lambda node: push_both(node, task_dir, checked))
+    return Prepared(checked, experiment, list(overrides), gpus, target.nodes[0].trainer_root)
+
+
+def prepare_resume(
+    task_dir: Path,
+    target: Target,
+    parent: RunRecord,
+    task: str,
+    overrides: tuple[str, ...],
+    experiment: str | None,
+    gpus: str | None,
+    force: bool,
+    lap: Callable[[str], None],
+) -> Prepared:
+    # 1-2. A resume asks the parent's host first (with this launcher's trainer, which knows how):
+    # the parent's resolved config is the truth, and a parent with nothing to resume from is
+    # refused before the task is pushed or anything starts.
+    for node in target.nodes:
+        node.trainer_root = push_trainer(node.remote)
+    trainer_root = target.nodes[0].trainer_root
+    resumed = plan_resume(target.remote, trainer_root, parent, task, task_dir, overrides, experiment, force)
+    if gpus is None and target.host.scheduler != "slurm":
+        gpus = resumed.gpus
+    # No laptop token checks here: the parent passed them, and the host checks every example's
+    # tokens again with this exact config before it loads the model.
+    lap("check")
+    data_files = data_paths(resumed.checked.config)
+    each(target.nodes, lambda node: push_task(node.remote, task_dir, data_files=data_files))
+    if target.several:  # no shared disk: every node resumes from node 0's checkpoint
+        copy_checkpoint(target.nodes, parent.run_id, resumed.checkpoint)
+    all_overrides = resumed.overrides + list(overrides)
+    return Prepared(resumed.checked, resumed.experiment, all_overrides, gpus, trainer_root, resumed)
+
+
+def push_both(node: Node, task_dir: Path, checked: CheckedTask) -> None:
+    push_task(node.remote, task_dir, data_files=data_paths(checked.config))
+    hold("trainer-push")  # tests: a drop mid-push
+    node.trainer_root = push_trainer(node.remote)
+
+
+def describe_run(
+    run_id: str,
+    task: str,
+    task_dir: Path,
+    target: Target,
+    prepared: Prepared,
+    overrides: tuple[str, ...],
+    resume: RunRecord | None,
+    force: bool,
+) -> tuple[RunRecord, dict]:
+    """The laptop's record of the run (state: starting) and the run.json the host's start writes."""
+    host = target.host
     started_at = time.time()
     run = {
         "run_id": run_id,
         "task": task,
-        "config": config_to_dict(checked.config),
-        "host": group[0] if group else host.name,
-        "gpus": gpus if gpus is not None else host.gpus,
-        "experiment": experiment,
-        "overrides": all_overrides,
+        "config": config_to_dict(prepared.checked.config),
+        "host": target.name,
+        "gpus": prepared.gpus if prepared.gpus is not None else host.gpus,
+        "experiment": prepared.experiment,
+        "overrides": prepared.overrides,
         "resume_overrides": list(overrides) if resume else [],
         "command": shlex.join(["gpurun", *sys.argv[1:]]),
         "launcher_version": __version__,
@@ -155,34 +281,50 @@ def launch(
     }
     if host.scheduler == "slurm":
         run["slurm"] = dict(host.slurm)  # the host's start writes job.sbatch from it and submits it
+    resumed = prepared.resumed
     record = RunRecord(
         run_id=run_id,
         task=task,
         task_dir=str(task_dir.resolve()),
-        host=group[0] if group else host.name,
-        trainer_root=trainer_root,
+        host=target.name,
+        trainer_root=prepared.trainer_root,
         started_at=started_at,
         state=STARTING,
         parent=resume.run_id if resume else None,
-        experiment=experiment,
-        overrides=json.dumps(all_overrides),
+        experiment=prepared.experiment,
+        overrides=json.dumps(prepared.overrides),
         step=resumed.checkpoint_step if resumed else None,  # a resumed run's first screen: step N/TOTAL
         total_steps=resumed.total_steps if resumed else None,
     )
+    return record, run
+
+
+def start(history: History, target: Target, record: RunRecord, run: dict) -> dict:
+    """3. Record the run, then start the wrapper detached on the host (one round trip, secrets on stdin
+    only); the host's reply. Recorded first: if the connection drops during the start, the next command
+    still knows this run and asks the host whether it began (`settle`). A start that surely never reached
+    the host (ssh could not even connect) forgets the run again: it cannot have begun."""
+    run_id, host = record.run_id, target.host
     history.add(record)
+    hold("start")  # tests: a drop between the push and the start
     env = {**host.env, **launcher_env_secrets(host)}
-    if group:
-        save_nodes(history, run_id, nodes)
+    if target.several:
+        save_nodes(history, run_id, target.nodes)
         try:
-            reply, node_warnings = start_nodes(nodes, run, env, start_on_host)
+            reply, node_warnings = start_nodes(target.nodes, run, env)
         except GpurunError:
             history.delete(run_id)  # what started was stopped again: no run to remember
             raise
         reply["warnings"] = node_warnings
         failure = ""
     else:
-        reply, failure = start_on_host(remote, trainer_root, run_id, {"run": run, "env": env})
-    lap("start")
+        try:
+            reply, failure = start_run(target.remote, record.trainer_root, run_id, {"run": run, "env": env})
+        except SSHFailure as exc:
+            if not exc.may_have_run:
+                history.delete(run_id)  # ssh never connected: the start never reached the host
+                raise
+            reply, failure = None, exc.message  # the link dropped mid-call: it may have begun
     if reply is None:
         raise GpurunError(
             f"no answer from {host.name} while starting {run_id} ({failure}): it may have started there",
@@ -191,176 +333,4 @@ def launch(
     if "error" in reply:  # the host refused: nothing started, nothing to remember
         history.delete(run_id)
         raise host_error(host.name, reply)
-
-    # 4. Record its state, so `logs -f` and `pull` without arguments mean this run.
-    record.state = reply.get("state")
-    history.add(record)
-    launched = Launched(record, checked, reply.get("gpus"), reply.get("warnings") or [], timings, resumed)
-    launched.job_id, launched.queued = reply.get("job_id"), reply.get("queued")
-    return launched
-
-
-def push_both(node: Node, task_dir: Path, checked: CheckedTask) -> None:
-    push_task(node.remote, task_dir, data_files=data_paths(checked.config))
-    node.trainer_root = push_trainer(node.remote)
-
-
-def start_on_host(remote: Remote, trainer_root: str, run_id: str, payload: dict) -> tuple[dict | None, str]:
-    """The host's JSON reply, or (None, what went wrong) when none came back: a connection that dropped
-    mid-call leaves it open whether the run began."""
-    argv = remote.python_argv(trainer_root, "start", remote.path("runs", run_id))
-    proc = remote.run(argv, input=json.dumps(payload), check=False)
-    reply = _last_json(proc.stdout)
-    if reply is not None:
-        return reply, ""
-    tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:]
-    return None, f"exit {proc.returncode}" + (f": {tail[0]}" if tail else "")
-
-
-# ---------------------------------------------------------------- resume
-
-# Values whose change would make a resumed run's schedule differ from the one its checkpoint was
-# trained on (the optimizer and scheduler states in the checkpoint assume them).
-SCHEDULE_KEYS = (
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "num_train_epochs",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-)
-
-
-@dataclass
-class Resumed:
-    parent: RunRecord
-    checked: CheckedTask
-    experiment: str | None  # the parent's
-    overrides: list[str]  # the parent's --set values
-    changes: list[tuple[str, object, object]]  # (key, parent's value, this run's) from the new --set values
-    checkpoint: str
-    checkpoint_step: int
-    total_steps: int | None
-    gpus: str | None = None  # as many GPUs as the parent had, unless --gpus says otherwise
-
-
-def resume_gpus(parent_run: dict) -> str | None:
-    """The --gpus a resumed run takes by default: the parent's count when it had several. The global batch is
-    per-device batch x processes x accumulation, so fewer processes would train a different schedule."""
-    visible = [g for g in str(parent_run.get("gpus") or "").split(",") if g.strip()]
-    return str(len(visible)) if len(visible) > 1 else None
-
-
-def plan_resume(
-    remote: Remote,
-    trainer_root: str,
-    parent: RunRecord,
-    task: str,
-    task_dir: Path,
-    overrides: tuple[str, ...],
-    experiment: str | None,
-    force: bool,
-) -> Resumed:
-    """The parent's resolved config with the new --set values on top, checked against its checkpoint."""
-    info = fetch_resume_info(remote, trainer_root, parent.run_id)
-    where = f"{remote.host.name}:{remote.path('runs', parent.run_id)}"
-    if info.get("state") == "not_found":
-        raise GpurunError(f"{parent.run_id} is not on {remote.host.name} any more ({where})", "list runs: gpurun runs")
-    if info.get("state") in ("running", "queued", STARTING):
-        raise GpurunError(
-            f"{parent.run_id} is still running: its checkpoints are still changing",
-            f"stop it first (it saves a checkpoint): gpurun stop {parent.run_id}",
-        )
-    run = info["run"]
-    if run.get("task") != task:
-        raise GpurunError(
-            f"{parent.run_id} trained task {run.get('task')!r}, not {task!r}",
-            f"resume it without naming a task: gpurun train --resume {parent.run_id}",
-        )
-    if experiment and experiment != run.get("experiment"):
-        raise GpurunError(
-            f"--exp {experiment} does not apply to a resumed run: it keeps {parent.run_id}'s config "
-            f"(experiment: {run.get('experiment') or 'none'})",
-            "change single values with --set KEY=VALUE, or start a new run with --exp",
-        )
-    if info.get("checkpoint") is None:
-        saves = run["config"]["training"].get("save_steps")
-        raise GpurunError(
-            f"{parent.run_id} has no complete checkpoint to resume from (in {where}/output)",
-            f"it ended before its first save (save_steps: {saves}); start a new run: gpurun train {task_dir}",
-        )
-    parent_config = run["config"]
-    checked = resumed_config(task_dir, parent_config, overrides)
-    new_config = config_to_dict(checked.config)
-    changes = _changes(parent_config, new_config)
-    refused = schedule_changes(parent_config, new_config, info["checkpoint_step"], info.get("total_steps"))
-    if refused and not force:
-        shown = "; ".join(f"training.{key}: {old!r} → {new!r}" for key, old, new in refused)
-        raise GpurunError(
-            f"--set would change the schedule {parent.run_id}'s checkpoint was trained with ({shown})",
-            "a resumed run continues its parent's schedule; to change it anyway, add --force "
-            "(the result will not match an uninterrupted run)",
-        )
-    total = info.get("total_steps")
-    if checked.config.training.max_steps > 0:
-        total = checked.config.training.max_steps
-    return Resumed(
-        parent=parent,
-        checked=checked,
-        experiment=run.get("experiment"),
-        overrides=list(run.get("overrides") or []),
-        changes=changes,
-        checkpoint=Path(info["checkpoint"]).name,
-        checkpoint_step=info["checkpoint_step"],
-        total_steps=total,
-        gpus=resume_gpus(run),
-    )
-
-
-def resumed_config(task_dir: Path, parent_config: dict, overrides: tuple[str, ...]) -> CheckedTask:
-    """The parent's resolved config, the new --set values applied on top, and every data row checked."""
-    raw = copy.deepcopy(parent_config)
-    problems: list[Problem] = []
-    apply_overrides(raw, overrides, problems)
-    notices: list[str] = []
-    try:
-        config = config_from_dict(raw, where=lambda key: f"--set {key}", notices=notices, problems=problems)
-        splits = load_task_data(task_dir, config, load_hub=False)
-    except TaskError as exc:
-        raise task_error(exc, task_dir) from None
-    return CheckedTask(config, {name: len(rows) for name, rows in splits.items()}, notices)
-
-
-def schedule_changes(old: dict, new: dict, checkpoint_step: int, total: int | None) -> list[tuple[str, object, object]]:
-    """The training values that differ in a way the checkpoint's optimizer and scheduler cannot follow:
-    the batch shape, the schedule, and fewer steps than the parent's (or than its checkpoint has done)."""
-    before, after = old.get("training", {}), new.get("training", {})
-    refused = [(key, before.get(key), after.get(key)) for key in SCHEDULE_KEYS if before.get(key) != after.get(key)]
-    old_steps, new_steps = before.get("max_steps", -1), after.get("max_steps", -1)
-    if new_steps != old_steps:
-        longer = old_steps > 0 and new_steps > old_steps  # more steps of the same schedule: allowed
-        if not longer or new_steps <= checkpoint_step:
-            refused.append(("max_steps", old_steps, new_steps))
-    return refused
-
-
-def _changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changes.append((f"{prefix}{key}", a, b))
-    return changes
-
-
-def _last_json(text: str) -> dict | None:
-    for line in reversed((text or "").splitlines()):
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    return reply

@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import GpurunError, host_error
+from launcher.errors import GpurunError
+from launcher.hostcalls import fetch_states, host_error, start_run, stop_run
 from launcher.hosts import Host, load_hosts, node_names
 from launcher.remote import Remote, SSHRemote, remote_for
-from launcher.runs import History, RunRecord, fetch_states
-from launcher.sshconfig import resolve_ssh_config
+from launcher.runs import History, RunRecord
 from launcher.sync import rsync_argv, run_rsync
 from trainer.checkpoints import COMPLETE_MARKER
 
@@ -54,8 +54,7 @@ def node_addr(host: Host) -> str:
         return host.node_addr
     if host.is_local:
         return "127.0.0.1"
-    remote = SSHRemote(host)
-    config = resolve_ssh_config(remote._base_ssh_argv(), remote.target())
+    config = SSHRemote(host).ssh_config()
     if config is not None:
         return config.hostname
     return host.ssh.rsplit("@", 1)[-1]
@@ -105,7 +104,7 @@ def nodes_of(root: Path, history: History, record: RunRecord) -> list[Node] | No
     return out
 
 
-def start_nodes(nodes: list[Node], run: dict, env: dict, start_on_host) -> tuple[dict, list[str]]:
+def start_nodes(nodes: list[Node], run: dict, env: dict) -> tuple[dict, list[str]]:
     """Start node 0 (it picks the rendezvous port), then the others with it. If one refuses, the ones started are
     stopped: a half-started run would wait for its missing node until the rendezvous times out.
     Returns node 0's reply and the warnings of all."""
@@ -116,14 +115,14 @@ def start_nodes(nodes: list[Node], run: dict, env: dict, start_on_host) -> tuple
     try:
         port = 0
         for node in nodes[:1]:
-            reply = _start_one(node, {**run, "nodes": node_spec(len(nodes), 0, addr, 0, run_id)}, env, start_on_host)
+            reply = start_one(node, {**run, "nodes": node_spec(len(nodes), 0, addr, 0, run_id)}, env)
             started.append(node)
             replies.append(reply)
             port = int(reply["rdzv_port"])
 
         def start_other(node: Node) -> dict:
             payload_run = {**run, "nodes": node_spec(len(nodes), node.rank, addr, port, run_id)}
-            reply = _start_one(node, payload_run, env, start_on_host)
+            reply = start_one(node, payload_run, env)
             started.append(node)
             return reply
 
@@ -136,8 +135,8 @@ def start_nodes(nodes: list[Node], run: dict, env: dict, start_on_host) -> tuple
     return replies[0], warnings
 
 
-def _start_one(node: Node, run: dict, env: dict, start_on_host) -> dict:
-    reply, failure = start_on_host(node.remote, node.trainer_root, run["run_id"], {"run": run, "env": env})
+def start_one(node: Node, run: dict, env: dict) -> dict:
+    reply, failure = start_run(node.remote, node.trainer_root, run["run_id"], {"run": run, "env": env})
     if reply is None:
         raise GpurunError(f"no answer from node {node.host.name} while starting {run['run_id']} ({failure})", "")
     if "error" in reply:
@@ -146,13 +145,7 @@ def _start_one(node: Node, run: dict, env: dict, start_on_host) -> dict:
 
 
 def stop_node(node: Node, run_id: str, grace: float) -> dict:
-    argv = node.remote.python_argv(node.trainer_root, "stop", node.remote.path("runs", run_id), str(grace))
-    proc = node.remote.run(argv, check=False)
-    lines = (proc.stdout or "").strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, ValueError):
-        return {"state": "unknown", "error": (proc.stderr or "").strip()[-200:]}
+    return stop_run(node.remote, node.trainer_root, run_id, grace, check=False)
 
 
 def stop_all(nodes: list[Node], run_id: str, grace: float) -> dict:

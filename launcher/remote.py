@@ -28,7 +28,6 @@ from launcher.sshconfig import (
     known_hosts_name,
     resolve_ssh_config,
 )
-from trainer.pushed import trainer_argv
 from trainer.rundir import SECRET_NAMES
 
 SSH_CONNECT_TIMEOUT_S = 15
@@ -60,15 +59,9 @@ class Remote:
         """The remote-shell command rsync should use (None: local copy)."""
         raise NotImplementedError
 
-    def python_argv(self, trainer_root: str, *args: str) -> list[str]:
-        """`python -m trainer ARGS` on the host, running the trainer copy under `trainer_root` whatever else
-        is on the host's sys.path (see trainer/pushed.py); a relative root is taken from the login's home."""
-        # The host's `env:` applies to these commands too (a PATH with its nvidia-smi, say); secrets never do.
-        assignments = [f"{k}={v}" for k, v in self.host.env.items()]
-        return ["env", *assignments, *trainer_argv(self.host_python(), *args, root=trainer_root)]
-
     def host_python(self) -> str:
-        """`python:` as the host runs it. Quoted values never meet a shell's `~` expansion, and commands
+        """`python:` as the host runs it (launcher/hostcalls.py builds the trainer's commands with it).
+        Quoted values never meet a shell's `~` expansion, and commands
         start in the login's home, so `~/venvs/x/bin/python` is sent as `./venvs/x/bin/python`."""
         python = self.host.python
         return "./" + python[2:] if python.startswith("~/") else python
@@ -155,6 +148,10 @@ class SSHRemote(Remote):
     def target(self) -> str:
         return self.host.ssh or self.host.name
 
+    def ssh_config(self) -> SSHConfig | None:
+        """What ssh really uses for this host (an ~/.ssh/config alias's HostName, Port, User, IdentityFile)."""
+        return resolve_ssh_config(self._base_ssh_argv(), self.target())
+
     def _argv(self, argv: list[str]) -> list[str]:
         return [*self.ssh_argv(), self.target(), "--", shlex.join(argv)]
 
@@ -223,7 +220,11 @@ class SSHRemote(Remote):
         except FileNotFoundError:
             raise GpurunError("ssh not found", "install OpenSSH's client (apt-get install openssh-client)") from None
         if proc.returncode == 255:
-            raise ssh_failure(self.host, proc.stderr)
+            failure = ssh_failure(self.host, proc.stderr)
+            # A link that dropped after ssh connected may have dropped after the command began on the host;
+            # one that never connected (refused, unknown host, login or host key refused) ran nothing there.
+            failure.may_have_run = failure.kind == "reach" and "connect to host" not in proc.stderr
+            raise failure
         return self._check(argv, proc) if check else proc
 
     def stream(self, argv):
@@ -249,6 +250,7 @@ class SSHFailure(GpurunError):
     def __init__(self, kind: str, message: str, hint: str):
         super().__init__(message, hint)
         self.kind = kind
+        self.may_have_run = False  # whether the command may have run on the host all the same (see SSHRemote.run)
 
 
 HOST_KEY_KINDS = ("host_key_changed", "host_key_unknown")
@@ -262,8 +264,7 @@ def ssh_failure(host: Host, stderr: str) -> SSHFailure:
     def resolved() -> SSHConfig:
         # What ssh really used (an ~/.ssh/config alias's HostName, Port, User, IdentityFile); asked only
         # now that something failed. Without an answer, the best guess from hosts.yaml.
-        remote = SSHRemote(host)
-        found = resolve_ssh_config(remote._base_ssh_argv(), remote.target())
+        found = SSHRemote(host).ssh_config()
         if found:
             return found
         user, _, hostname = (host.ssh or host.name).rpartition("@")

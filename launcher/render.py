@@ -1,11 +1,14 @@
 """Rich presentation only: the live dashboard of `logs -f`, run tables, the push progress line."""
 
 import math
+import os
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, ProgressColumn, TaskProgressColumn, TextColumn
 from rich.progress_bar import ProgressBar
 from rich.spinner import Spinner
 from rich.table import Table
@@ -333,3 +336,49 @@ def setup_report_text(host: str, report: dict) -> Text:
     else:
         text.append("\n  CUDA: not available: runs there train on the CPU", style="yellow")
     return text
+
+
+def end_text(state: dict) -> str:
+    """How a followed run ended, in one line (its exit code is launcher.runs.exit_code_of's)."""
+    name = state.get("state")
+    if name == "succeeded":
+        return f"[green]succeeded[/]: fetch the adapter with: gpurun pull {state.get('run_id')}"
+    if name == "stopped":
+        return "[yellow]stopped[/] (gpurun stop)"
+    if name == "lost":
+        return (
+            "[magenta]lost[/]: the job is gone and nothing says how it ended"
+            " (host rebooted, or wrapper and trainer killed)"
+        )
+    return f"[red]failed[/] with exit code {state.get('exit_code')}: see the log above"
+
+
+def make_console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # piped: tables keep their columns rather than fold to 80
+    return console
+
+
+@contextmanager
+def progress_bar(console: Console, label: str):
+    """A context manager yielding an on_progress(percent, bytes) callback that drives a rich bar."""
+    progress = Progress(
+        TextColumn(label), BarColumn(), TaskProgressColumn(), DownloadColumn(), console=console, transient=True
+    )
+    with progress:
+        task = progress.add_task(label, total=100)
+
+        def on_progress(percent: int, done_bytes: int) -> None:
+            total = done_bytes * 100 / percent if percent else None
+            progress.update(task, completed=done_bytes, total=total)
+
+        yield on_progress
+
+
+def shown_path(root: Path, path: Path) -> str:
+    """A path as the user reads it: relative to the project when inside it."""
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,4 +1,5 @@
-"""Run records: ids, the laptop's history (a cache; the host is the truth), and state from the host.
+"""Run records: ids, the laptop's history (a cache; the host is the truth), which run a command means,
+and state from the host.
 
 History is sqlite from the standard library, in WAL mode with a busy timeout, so two terminals
 (a `logs -f` and a `train`) can use it at once.
@@ -7,14 +8,18 @@ History is sqlite from the standard library, in WAL mode with a busy timeout, so
 import fcntl
 import json
 import secrets
+import shlex
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import GpurunError
+from launcher.errors import EXIT_LOST, EXIT_STOPPED, EXIT_USER, GpurunError
+from launcher.hostcalls import fetch_states, settle_states
+from launcher.hosts import resolve_host
 from launcher.project import state_dir
-from launcher.remote import Remote
+from launcher.remote import Remote, remote_for
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -154,22 +159,6 @@ def _num(value):
         return None
 
 
-def fetch_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[str, dict]:
-    """One round trip: the state of several runs on one host."""
-    if not run_ids:
-        return {}
-    argv = remote.python_argv(trainer_root, "state", *(remote.path("runs", r) for r in run_ids))
-    proc = remote.run(argv)
-    states = {}
-    for line in proc.stdout.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        states[item["run_id"]] = item
-    return states
-
-
 def refresh_state(history: History, remote: Remote, record: RunRecord) -> dict:
     """Ask the host (the truth) for one run's state and cache it in the history."""
     if record.state in (STARTING, "not_started"):
@@ -180,29 +169,64 @@ def refresh_state(history: History, remote: Remote, record: RunRecord) -> dict:
     return state
 
 
-def settle_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[str, dict]:
-    """The state of runs whose start never answered: running (or ended) if it began, else `not_started`,
-    and then the host makes sure it never begins (see trainer/hostquery.py)."""
-    if not run_ids:
-        return {}
-    argv = remote.python_argv(trainer_root, "settle", *(remote.path("runs", r) for r in run_ids))
-    return {item["run_id"]: item for item in _json_lines(remote.run(argv).stdout)}
-
-
-def fetch_resume_info(remote: Remote, trainer_root: str, run_id: str) -> dict:
-    """The parent of a resume, as its host has it: run.json, state, latest complete checkpoint."""
-    argv = remote.python_argv(trainer_root, "resume-info", remote.path("runs", run_id))
-    replies = _json_lines(remote.run(argv).stdout)
-    return replies[-1] if replies else {"state": "not_found", "run_id": run_id}
-
-
-def _json_lines(text: str) -> list[dict]:
-    items = []
-    for line in (text or "").splitlines():
+def refresh_runs(root: Path, history: History, limit: int, on_warning: Callable[[str], None]) -> list[RunRecord]:
+    """The latest `limit` runs, each unfinished one's state asked of its host first: one round trip per host.
+    A host that cannot be reached is told to `on_warning`; its runs keep their cached state."""
+    by_host: dict[tuple[str, str, bool], list[str]] = {}
+    for record in history.all(limit):
+        if record.state not in FINAL_STATES:  # a finished run's state never changes: no round trip
+            # a run whose start never answered is settled: running if it began, else never to begin
+            key = (record.host, record.trainer_root, record.state == STARTING)
+            by_host.setdefault(key, []).append(record.run_id)
+    for (host, trainer_root, starting), run_ids in by_host.items():
+        ask = settle_states if starting else fetch_states
         try:
-            item = json.loads(line)
-        except ValueError:
+            states = ask(remote_for(resolve_host(root, host)), trainer_root, run_ids)
+        except GpurunError as exc:
+            on_warning(f"{host}: {exc.message}")
             continue
-        if isinstance(item, dict) and "run_id" in item:
-            items.append(item)
-    return items
+        for run_id, state in states.items():
+            history.update_state(run_id, state)
+    return history.all(limit)
+
+
+@dataclass
+class OpenRun:
+    """What every run command starts with: the project, its history, the run meant and its host."""
+
+    root: Path
+    history: History
+    record: RunRecord
+    remote: Remote
+
+
+def open_run(root: Path, run: str | None, allow_not_started: bool = False) -> OpenRun:
+    """The run a command means (an id, a unique prefix of one, or None: the latest) and its host. A run whose
+    start never answered is settled first; one that never started is refused unless `allow_not_started`."""
+    history = History(root)
+    record = history.get(run)
+    remote = remote_for(resolve_host(root, record.host))
+    if record.state == STARTING:  # its start never answered: ask the host whether it began
+        refresh_state(history, remote, record)
+        record = history.get(record.run_id)
+    if record.state == "not_started" and not allow_not_started:
+        raise GpurunError(
+            f"{record.run_id} never started on {record.host} (the connection dropped while starting it)",
+            f"start it again: gpurun train {shlex.quote(record.task_dir)}",
+        )
+    return OpenRun(root, history, record, remote)
+
+
+def exit_code_of(state: dict) -> int:
+    """The exit code of a command that followed a run to its end: the job's own, or the one for how it ended."""
+    name = state.get("state")
+    if name == "not_found":
+        raise GpurunError(f"run {state.get('run_id')} is not on its host", "list runs with: gpurun runs")
+    if name == "succeeded":
+        return 0
+    if name == "stopped":
+        return EXIT_STOPPED
+    if name == "lost":
+        return EXIT_LOST
+    code = state.get("exit_code")
+    return int(code) if code else EXIT_USER
