@@ -5,10 +5,12 @@ launcher can ask a host for a run's state even where torch is not installed. Whe
 `python` lacks the stack, those three re-run themselves in the venv `gpurun setup` made.
 """
 
+import importlib
 import os
 import sys
 
 NEEDS_STACK = ("run", "validate", "merge")
+HOST_COMMANDS = ("start", "wrap", "state", "follow", "stop")  # the launcher's job control, stdlib only
 REEXEC_ENV = "GPURUN_REEXEC"
 
 
@@ -53,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.host.query import main as query
 
         return query(argv)
-    from trainer.host import hostside
-
-    return hostside.main(argv)
+    if command not in HOST_COMMANDS:
+        print(f"unknown command {command!r}; one of: run, {', '.join(HOST_COMMANDS)}", file=sys.stderr)
+        return 2
+    # Each lives in trainer/host/<command>.py as cmd_<command>; only the one asked for is imported.
+    handler = getattr(importlib.import_module(f"trainer.host.{command}"), f"cmd_{command}")
+    try:
+        return handler(rest)
+    except KeyboardInterrupt:  # Ctrl-C in `gpurun logs -f` on the local host reaches us too: no traceback
+        return 130
 
 
 if __name__ == "__main__":

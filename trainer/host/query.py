@@ -1,5 +1,5 @@
 """Host-side questions the launcher asks before it starts a run, and after a start it never heard back
-from. Standard library only, like hostside.
+from. Standard library only, like the other host commands.
 
     resume-info RUN_DIR      the parent of a `train --resume`: its run.json, state and latest complete checkpoint
     settle RUN_DIR...        for runs whose `start` the laptop never heard back from: their state, and for one
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from trainer.checkpoints import latest_complete_checkpoint
-from trainer.host.hostside import run_state
+from trainer.host.state import run_state
 from trainer.rundir import RUN_FILE
 
 NOT_STARTED_FILE = "not_started"

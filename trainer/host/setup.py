@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainer.host.hostside import _reply, _write_atomic
+from trainer.host.files import reply, write_atomic
 from trainer.host.interpreter import READY_MARKER, missing_stack, ready_venv_python, setup_venv, venv_python
 
 # Run by the venv's Python: what the user needs to know about the stack, and whether CUDA works.
@@ -96,7 +96,7 @@ def _setup(args: list[str]) -> int:
     (venv / READY_MARKER).unlink(missing_ok=True)
     python = venv_python(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    _reply({"installing": {"venv": str(venv), "free_bytes": shutil.disk_usage(venv.parent).free}})
+    reply({"installing": {"venv": str(venv), "free_bytes": shutil.disk_usage(venv.parent).free}})
     if not python.exists():
         _log(f"creating {venv} with {sys.executable}")
         made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True)
@@ -155,7 +155,7 @@ def _run_pip(argv: list[str]) -> int:
             line = lines.get(timeout=0.2)
         except queue.Empty:
             if time.monotonic() - said >= HEARTBEAT_S:
-                _reply({"alive": 1})  # nothing to say, but it fails at once once no one listens
+                reply({"alive": 1})  # nothing to say, but it fails at once once no one listens
                 said = time.monotonic()
             continue
         if line is None:
@@ -208,15 +208,15 @@ def _done(python: str, already: bool, mark: Path | None = None) -> int:
     report["already"] = already
     if mark is not None:
         _check_stop()  # interrupted while verifying: the venv is left unmarked, like any cut-short setup
-        _write_atomic(mark, json.dumps(report, indent=2))  # last step: from now on, runs use this venv
-    _reply({"done": report})
+        write_atomic(mark, json.dumps(report, indent=2))  # last step: from now on, runs use this venv
+    reply({"done": report})
     return 0
 
 
 def _log(line: str) -> None:
-    _reply({"log": line})
+    reply({"log": line})
 
 
 def _fail(message: str, hint: str = "") -> int:
-    _reply({"error": message, "hint": hint})
+    reply({"error": message, "hint": hint})
     return 1

@@ -14,20 +14,24 @@ requeues the job, and the requeued job's trainer continues from that run's lates
 """
 
 import json
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
+from trainer.pushed import trainer_argv
 from trainer.rundir import (
     ENV_FILE,
     EXIT_FILE,
-    EXIT_KILLED,
     EXIT_STOPPED,
-    RESERVE_FILE,
+    LOG_FILE,
+    PID_FILE,
     RUN_FILE,
     SECRET_NAMES,
     STOP_FILE,
+    TRAINER_EXIT_FILE,
 )
 
 JOB_SCRIPT = "job.sbatch"
@@ -81,19 +85,19 @@ def batch_script(run_dir: Path, slurm: dict, wrapper_argv: list[str], run_id: st
         f"# gpurun run {run_id}: written and submitted by gpurun on the login node.",
         f"cd {q(str(run_dir))} || exit 1",
         "# A requeued job starts clean: the files the last attempt left would say it had ended.",
-        "rm -f exit_code pid trainer_exit trainer_exit.rank*",
+        f"rm -f {EXIT_FILE} {PID_FILE} {TRAINER_EXIT_FILE} {TRAINER_EXIT_FILE}.rank*",
         "# For a wrapper spanning several nodes: where node 0 is, and which node this is.",
         'export GPURUN_NNODES="${SLURM_JOB_NUM_NODES:-1}"',
         'export GPURUN_MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
         f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {wrapper}",
         "code=$?",
-        "[ -s exit_code ] && code=$(cat exit_code)",
-        f'if [ "$code" = {EXIT_STOPPED} ] && [ ! -e stop_requested ]; then',
+        f"[ -s {EXIT_FILE} ] && code=$(cat {EXIT_FILE})",
+        f'if [ "$code" = {EXIT_STOPPED} ] && [ ! -e {STOP_FILE} ]; then',
         "  # Stopped by Slurm's time-limit signal, not by the user: continue from its checkpoint in a new allocation.",
-        '  echo "time limit near: job $SLURM_JOB_ID requeued; it continues from the latest checkpoint" >> train.log',
-        "  rm -f exit_code",
+        f'  echo "time limit near: job $SLURM_JOB_ID requeued; it continues from the latest checkpoint" >> {LOG_FILE}',
+        f"  rm -f {EXIT_FILE}",
         '  scontrol requeue "$SLURM_JOB_ID" && exit 0',
-        '  echo "could not requeue job $SLURM_JOB_ID" >> train.log',
+        f'  echo "could not requeue job $SLURM_JOB_ID" >> {LOG_FILE}',
         "fi",
         'exit "$code"',
         "",
@@ -180,27 +184,12 @@ def queued_message(status: dict) -> str:
     return f"queued: {reason} (job {status.get('job_id')})"
 
 
-def run_slurm(run_dir: Path) -> dict | None:
-    """The run's `slurm` record from run.json (settings and job_id), or None for a run that is not Slurm's."""
-    try:
-        record = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    slurm = record.get("slurm")
-    return slurm if isinstance(slurm, dict) else None
-
-
-# ---------------------------------------------------------------- the host-side commands' Slurm half
-
-STARTING_GRACE_S = 30.0
-CANCEL_WAIT_S = 30.0
+# ---------------------------------------------------------------- what the host commands ask of Slurm
 
 
 def _env_without_secrets(env: dict, secret_names) -> dict:
     """The host's `env:` (SLURM_CONF, PATH, ...) applies to Slurm's commands; secrets stay in env.json only
     (sbatch would copy its environment into the job record on the controller)."""
-    import os
-
     hidden = set(SECRET_NAMES) | set(secret_names or [])
     return {k: v for k, v in {**os.environ, **env}.items() if k not in hidden}
 
@@ -208,67 +197,32 @@ def _env_without_secrets(env: dict, secret_names) -> dict:
 def slurm_env(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     try:
-        env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+        env = json.loads((run_dir / ENV_FILE).read_text(encoding="utf-8"))
         secret_names = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("secret_env")
     except (OSError, ValueError):
         env, secret_names = {}, []
     return _env_without_secrets(env, secret_names)
 
 
-def start_job(run_dir: Path, run: dict, env: dict) -> int:
-    """`start` on a login node: the run directory as the ssh path makes it, then job.sbatch, submitted."""
-    import os
-    import shutil
-    import sys
-
-    from trainer.host.hostside import RESERVE_BYTES, _reply, _write_atomic, run_state
-    from trainer.pushed import copy_info, trainer_argv
-
-    run_dir = Path(run_dir)
-    run["gpus"] = None  # Slurm's choice, made on the compute node (CUDA_VISIBLE_DEVICES is set by Slurm there)
-    run["workdir"] = str(run_dir.resolve().parent.parent)
-    run.update(copy_info())
-    try:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        _reply({"error": f"run directory {run_dir} already exists"})
-        return 1
-    (run_dir / "output").mkdir()
-    _write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False))
-    fd = os.open(run_dir / ENV_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(env, fh)
-    with open(run_dir / RESERVE_FILE, "wb") as fh:
-        fh.write(bytes(RESERVE_BYTES))
-    absolute = run_dir.resolve()
+def submit_run(run_dir: Path, run: dict, env: dict) -> str:
+    """job.sbatch for a run directory `start` has made, submitted; returns the job id (SlurmError: nothing queued)."""
+    absolute = Path(run_dir).resolve()
     script = absolute / JOB_SCRIPT
     wrapper = trainer_argv(sys.executable, "wrap", str(absolute))
     script.write_text(batch_script(absolute, run["slurm"], wrapper, run["run_id"]), encoding="utf-8")
-    try:
-        job_id = submit(script, _env_without_secrets(env, run.get("secret_env")))
-    except SlurmError as exc:
-        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was queued: leave no half-made run behind
-        _reply({"error": exc.message, "hint": exc.hint})
-        return 1
-    run["slurm"] = {**run["slurm"], "job_id": job_id}
-    _write_atomic(run_dir / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False))
-    state = run_state(run_dir)
-    _reply({"job_id": job_id, "state": state["state"], "queued": state.get("queued"), "gpus": None, "warnings": []})
-    return 0
+    return submit(script, _env_without_secrets(env, run.get("secret_env")))
 
 
-def slurm_state(run_dir: Path, record: dict) -> dict | None:
-    """queued / running while Slurm says the job is not over; None once it is (the run's files then say how)."""
-    import time
-
+def slurm_state(run_dir: Path, record: dict, young: bool) -> dict | None:
+    """queued / running while Slurm says the job is not over; None once it is (the run's files then say how).
+    `young`: the run is still within its start's grace (a start between run.json and sbatch's answer)."""
     job_id = (record.get("slurm") or {}).get("job_id")
     if not job_id:  # between run.json and sbatch's answer, or a start that died there
-        young = time.time() - (Path(run_dir) / RUN_FILE).stat().st_mtime < STARTING_GRACE_S
         return {"state": "queued", "queued": "queued: submitting to Slurm"} if young else None
     try:
         status = job_status(str(job_id), slurm_env(run_dir))
     except SlurmError as exc:
-        if (Path(run_dir) / "exit_code").exists():
+        if (Path(run_dir) / EXIT_FILE).exists():
             return None
         # The controller does not answer: the job is Slurm's and not over by the run's own files.
         return {"state": "running", "job_id": job_id, "slurm_error": exc.message}
@@ -279,30 +233,3 @@ def slurm_state(run_dir: Path, record: dict) -> dict | None:
     if status["slurm_state"] in ACTIVE_STATES:
         return {"state": "running", **status}
     return None
-
-
-def stop_job(run_dir: Path, state: dict, grace: float) -> dict:
-    """`gpurun stop` of a Slurm job: SIGTERM to its steps (the trainer saves one checkpoint), scancel after
-    `grace`; a job still queued is cancelled at once. The stop file first: the script never requeues it then."""
-    import time
-
-    from trainer.host.hostside import _write_atomic, record_end, run_state
-
-    run_dir = Path(run_dir)
-    _write_atomic(run_dir / STOP_FILE, f"{time.time()}\n")
-    job_id, env = str(state["job_id"]), slurm_env(run_dir)
-    killed = False
-    if state["state"] == "running":
-        cancel(job_id, env, "TERM")
-        deadline = time.time() + grace
-        while time.time() < deadline and run_state(run_dir)["state"] in ("running", "queued"):
-            time.sleep(0.5)
-    if run_state(run_dir)["state"] in ("running", "queued"):
-        killed = state["state"] == "running"
-        cancel(job_id, env)
-        deadline = time.time() + CANCEL_WAIT_S
-        while time.time() < deadline and run_state(run_dir)["state"] in ("running", "queued"):
-            time.sleep(0.5)
-    if not (run_dir / EXIT_FILE).exists():  # cancelled before the wrapper ran, or killed with it
-        record_end(run_dir, EXIT_KILLED if killed else EXIT_STOPPED)
-    return run_state(run_dir)

@@ -5,7 +5,7 @@ PyTorch's own launcher, torchrun's elastic agent (`torch.distributed.run`), in a
 of ours (`elastic_main`, run with the training Python) that turns torchrun's outcome into what gpurun
 promises: the failing rank's own exit code and last lines in train.log, not torchrun's generic 1, and a
 `gpurun stop` that reaches every worker. Rank 0 writes train.log and the events; rank N writes
-train.rankN.log (trainer/train.py points its own output there).
+train.rankN.log (trainer/training/run.py points its own output there).
 
 Everything but `elastic_main` is standard library only: the wrapper imports it.
 """
@@ -17,8 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from trainer.host.exits import trainers_ended
+from trainer.host.processes import proc_stat, signal_each
 from trainer.pushed import BOOTSTRAP
-from trainer.rundir import EXIT_STOPPED, RUN_FILE
+from trainer.rundir import EXIT_STOPPED, LOG_FILE, RUN_FILE
 
 PEER_GRACE_S = 60  # after one worker ends (failed, or stopped and saved): how long its peers get before SIGKILL
 JOIN_TIMEOUT_S = 120  # the rendezvous: every worker of one host has joined well before this, or the run fails
@@ -37,7 +39,7 @@ def process_count(gpus: str | None) -> int:
     return len([g for g in (gpus or "").split(",") if g.strip()]) or 1
 
 
-def log_name(rank: int, main_log: str = "train.log") -> str:
+def log_name(rank: int, main_log: str = LOG_FILE) -> str:
     return main_log if rank == 0 else f"train.rank{rank}.log"
 
 
@@ -69,7 +71,7 @@ def run_workers(
         # torchrun would set 1 and print a banner about it into train.log; the CPUs shared out is better.
         env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(max(1, _cpus() // count))}
     # The child starts with SIGTERM blocked (a signal mask survives exec): the trainer unblocks it once its handler
-    # is in place (trainer/train.py's StopRequest), the launcher keeps it for its forwarding thread. A stop while
+    # is in place (trainer/training/run.py's StopRequest), the launcher keeps it for its forwarding thread. A stop while
     # they still import is then a clean stop, not a death.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     with open(run_dir / main_log, "ab") as log:
@@ -90,7 +92,7 @@ def run_workers(
         if child.poll() is None:
             child.send_signal(signum)
         else:  # the launcher was killed alone (below): its workers are told directly
-            _signal_each(trainer_processes(run_dir), signum)
+            signal_each(trainer_processes(run_dir), signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -102,20 +104,10 @@ def run_workers(
         # long as they do (a stop now reaches them directly), and ends as they themselves say it ended.
         while trainer_processes(run_dir):
             time.sleep(0.5)
-        from trainer.host.hostside import trainers_ended  # (hostside imports this module)
-
         ended = trainers_ended(run_dir, count)
         if ended is not None:
             return int(ended["code"])
     return _shell_code(code)
-
-
-def _signal_each(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def trainer_processes(run_dir: Path) -> list[int]:
@@ -128,10 +120,12 @@ def trainer_processes(run_dir: Path) -> list[int]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")[:-1]
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        except OSError:
             continue
-        if argv[-2:] == [b"run", wanted] and BOOTSTRAP.encode() in argv and state not in ("Z", "X"):
+        if argv[-2:] != [b"run", wanted] or BOOTSTRAP.encode() not in argv:
+            continue
+        fields = proc_stat(int(entry.name))
+        if fields is not None and fields[0] not in ("Z", "X"):
             found.append(int(entry.name))
     return found
 
@@ -230,13 +224,9 @@ def _forward_stops(run_dir: Path, stopping: threading.Event) -> None:
     stopping.set()
     told: set[int] = set()
     while True:
-        for pid in trainer_processes(run_dir):
-            if pid not in told:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                told.add(pid)
+        new = [pid for pid in trainer_processes(run_dir) if pid not in told]
+        signal_each(new, signal.SIGTERM)
+        told.update(new)
         time.sleep(0.5)
 
 
