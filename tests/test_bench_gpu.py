@@ -47,7 +47,7 @@ def test_a_driver_with_a_cpu_build_of_torch_is_named_as_such(tmp_path):
 def test_log_events_carry_peak_gpu_memory_on_cuda_and_nothing_on_the_cpu(monkeypatch):
     import torch
 
-    from trainer.events import peak_memory_gb
+    from trainer.training.callbacks import peak_memory_gb
 
     assert peak_memory_gb() is None  # this machine: CPU only
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

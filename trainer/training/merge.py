@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from trainer.builtin.tiny import default_cache_dir
-from trainer.rundir import RUN_FILE
-from trainer.task.config import config_from_dict
+from trainer.rundir import OUTPUT_DIR, RUN_FILE
+from trainer.task.loading import config_from_dict
 from trainer.training.model import resolve_base_model, torch_dtype
 from trainer.training.quiet import DEBUG_LOG, route_library_noise
 
@@ -22,7 +22,7 @@ def merge(run_dir: Path) -> int:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    output = run_dir / "output"
+    output = run_dir / OUTPUT_DIR
     if not (output / "adapter_config.json").is_file():
         print(f"error: no adapter in {output}: the run has not finished, or trained without LoRA", flush=True)
         return 1

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from trainer.builtin.tiny import LOCAL_TINY_DIR, ensure_tiny, is_builtin
-from trainer.task.config import TaskConfig
+from trainer.task.schema import TaskConfig
 
 
 def resolve_base_model(config: TaskConfig, cache_dir: Path | None = None) -> str:

@@ -10,8 +10,10 @@ every weight.
 import json
 from pathlib import Path
 
-from trainer.task.config import Problem, TaskConfig, deepspeed_file_problems
-from trainer.task.data import strip_where
+from trainer.task.files import strip_where
+from trainer.task.problems import Problem
+from trainer.task.rules import deepspeed_file_problems
+from trainer.task.schema import TaskConfig
 from trainer.training.model import lora_spec
 
 # training: keys that TrainingArguments takes under the same name, as they are.
@@ -159,7 +161,7 @@ def build_trainer(
     tokenized=None,
     task_dir: Path | None = None,
 ):
-    """`tokenized`: SFT's datasets as the token checks made them (trainer/tokencache.py); None tokenizes here.
+    """`tokenized`: SFT's datasets as the token checks made them (trainer/training/tokencache.py); None tokenizes here.
     `task_dir`: where a DeepSpeed config named by the task is (distributed.deepspeed)."""
     import datasets
     from transformers import EarlyStoppingCallback, PrinterCallback
@@ -183,21 +185,12 @@ def build_trainer(
 def sft(config, model, tokenizer, splits, args, has_eval, callbacks, tokenized=None):
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.training.tokencache import TokenColumns, Tokenized
-    from trainer.training.tokens import mask_of, training_chat_template
+    from trainer.training.tokencache import tokenize_rows
 
     t = config.training
     if tokenized is None:  # called without the checks (a test, a notebook): tokenize here, the same way
         rows = splits["train"] + (splits["eval"] if has_eval else [])
-        chat = any("messages" in r or isinstance(r.get("completion"), list) for r in rows)
-        template = training_chat_template(tokenizer) if chat else None
-        cut = None if t.packing else t.max_length
-
-        columns = TokenColumns(cut)
-        for row in rows:
-            columns.append(mask_of(row, tokenizer, template))
-        train, evaluation = columns.datasets(len(splits["train"]))
-        tokenized = Tokenized(train, evaluation, len(rows), reused=False, truncated=cut is not None)
+        tokenized = tokenize_rows(config, tokenizer, rows, len(splits["train"]))
     # The rows come tokenized exactly as the token checks saw them (tools, tool calls and `weight: 0` included),
     # with their labels, and Arrow never sees the rows' nested tool schemas. Cut to max_length already, they need
     # nothing of TRL's preparation (tokenize, build labels, truncate: each a pass over every row), except packing.

@@ -1,4 +1,5 @@
-"""One training run, top to bottom: read the run -> check data and tokens -> load model -> train -> save.
+"""One training run, top to bottom, in named steps: start -> read the task and data -> find a checkpoint ->
+base model and tokenizer -> check the tokens -> load the model -> train -> save -> try it out -> done.
 
 Runs on the host as `python -m trainer run RUN_DIR`. RUN_DIR holds run.json (written by the
 launcher: the resolved task config) and receives train.log, events.jsonl and output/.
@@ -9,19 +10,23 @@ import json
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.builtin.tiny import default_cache_dir
 from trainer.checkpoints import latest_complete_checkpoint
-from trainer.events import EventWriter, events_callback, phase_progress, stop_callback
+from trainer.events import EventWriter
 from trainer.pushed import copy_info
-from trainer.rundir import EVENTS_FILE, EXIT_INTERRUPTED, EXIT_STOPPED, RUN_FILE, SECRET_NAMES
-from trainer.task.config import TaskConfig, TaskError, config_from_dict
-from trainer.task.data import load_task_data
+from trainer.rundir import EVENTS_FILE, EXIT_INTERRUPTED, EXIT_STOPPED, OUTPUT_DIR, RUN_FILE, SECRET_NAMES
+from trainer.task.loading import config_from_dict
+from trainer.task.problems import TaskError
+from trainer.task.schema import TaskConfig
+from trainer.task.splits import load_task_data
+from trainer.training.callbacks import events_callback, phase_progress, stop_callback
 from trainer.training.model import load_model, load_tokenizer, name_the_base, resolve_base_model
 from trainer.training.quiet import debug_log_name, route_library_noise
+from trainer.training.tryout import eval_suite_beside_base, write_sample_replies
 
-OUTPUT_DIR = "output"
 DIGEST_ENV = "GPURUN_TRAINED_DIGEST"  # tests: each process records a hash of the weights it trained
 
 
@@ -41,7 +46,8 @@ class StopRequest:
 def run(run_dir: Path) -> int:
     """The run, then the trainer's own record of how it ended (trainer_exit): the run's state stays truthful when
     the wrapper that writes exit_code was killed alone. A full disk is said as such, with the path."""
-    from trainer.host.hostside import is_disk_full, note_disk_full, write_trainer_exit
+    from trainer.host.disk import is_disk_full, note_disk_full
+    from trainer.host.exits import write_trainer_exit
 
     run_dir = Path(run_dir).resolve()
     rank = int(os.environ.get("RANK", "0"))
@@ -74,8 +80,65 @@ def own_log(path: Path) -> None:
     os.close(fd)
 
 
+@dataclass
+class Run:
+    """What one run's steps hand on to the next (as a torchtune recipe keeps it on self)."""
+
+    run_dir: Path
+    record: dict  # run.json
+    rank: int
+    world: int
+    stop: StopRequest
+    events: EventWriter
+    config: TaskConfig | None = None
+    task_dir: Path | None = None
+    splits: dict = field(default_factory=dict)
+    resume_from: Path | None = None
+    base: str = ""  # what from_pretrained loads: a hub id or a local folder
+    tokenizer: object = None
+    tokenized: object = None  # SFT: the datasets the checks tokenized, reused by the trainer (and cached)
+    labels: list | None = None  # classification's label names
+    model: object = None
+    trainer: object = None
+    stopper: object = None
+    result: object = None  # what trainer.train() returned
+    sharded: bool = False  # FSDP / ZeRO over several processes: each holds a part of the weights
+    suite_accuracies: dict = field(default_factory=dict)
+
+    @property
+    def workdir(self) -> Path:
+        return self.run_dir.parent.parent
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run_dir / OUTPUT_DIR
+
+
 def _run(run_dir: Path) -> int:
-    workdir = run_dir.parent.parent
+    """The steps in order. Each returns None to go on, or the exit code the run ends with there."""
+    run = start(run_dir)
+    steps = (
+        stopped_while_starting,
+        read_task_and_data,
+        find_checkpoint,
+        prepare_base_and_tokenizer,
+        check_tokens,
+        load_the_model,
+        train,
+        stopped_in_training,
+        leave_the_rest_to_rank_0,
+        save_outputs,
+        try_out,
+    )
+    for step in steps:
+        code = step(run)
+        if code is not None:
+            return code
+    return finish(run)
+
+
+def start(run_dir: Path) -> Run:
+    """Take SIGTERM, read run.json, send the libraries' noise to debug.log, and say the run has started."""
     stop = StopRequest()
     record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
     # With several GPUs the wrapper starts one process per GPU (DDP); rank 0 speaks for the run.
@@ -95,161 +158,187 @@ def _run(run_dir: Path) -> int:
         processes=world,
         **copy_info(),
     )
-    if stop.requested:  # stopped while starting: nothing to load, nothing to save
-        events.emit("stopped", step=0, checkpoint=None)
-        return EXIT_STOPPED
+    return Run(run_dir=run_dir, record=record, rank=rank, world=world, stop=stop, events=events)
 
-    # 1. The task, checked again here: the host's files are what will actually be trained on.
-    config = config_from_dict(record["config"])
-    task_dir = workdir / "tasks" / record["task"]
+
+def stopped_while_starting(run: Run) -> int | None:
+    if run.stop.requested:  # nothing to load, nothing to save
+        run.events.emit("stopped", step=0, checkpoint=None)
+        return EXIT_STOPPED
+    return None
+
+
+def read_task_and_data(run: Run) -> int | None:
+    """The task, checked again here: the host's files are what will actually be trained on."""
+    run.config = config_from_dict(run.record["config"])
+    run.task_dir = run.workdir / "tasks" / run.record["task"]
     from trainer.training.recipes import host_problems
 
-    refused = host_problems(config, task_dir)  # distributed.strategy against this host: CUDA, deepspeed
+    refused = host_problems(run.config, run.task_dir)  # distributed.strategy against this host: CUDA, deepspeed
     if refused:
-        return refuse(events, refused)
+        return refuse(run.events, refused)
+    notices: list[str] = []  # rows taken as a peer writes them (arguments encoded twice, calls without tools)
     try:
-        splits = load_task_data(task_dir, config)
+        run.splits = load_task_data(run.task_dir, run.config, notices=notices)
     except TaskError as exc:
-        return fail(events, exc.problems, "data")
-    counts = ", ".join(f"{len(rows)} {name}" for name, rows in splits.items() if rows)
+        return fail(run.events, exc.problems, "data")
+    for notice in notices:
+        print(f"notice: {notice}", flush=True)
+    counts = ", ".join(f"{len(rows)} {name}" for name, rows in run.splits.items() if rows)
     print(f"data: {counts} rows", flush=True)
-    resume_from = None
-    if record.get("resume_from"):
-        parent_output = workdir / "runs" / record["resume_from"] / OUTPUT_DIR
-        resume_from = latest_complete_checkpoint(parent_output)
-        if resume_from is None:
-            return fail(events, [f"no complete checkpoint in {parent_output}"], "resume")
-        print(f"resuming from {resume_from}", flush=True)
-    own = latest_complete_checkpoint(run_dir / OUTPUT_DIR)
+    return None
+
+
+def find_checkpoint(run: Run) -> int | None:
+    """Where training resumes: the parent run's last complete checkpoint (--resume), or this run's own."""
+    if run.record.get("resume_from"):
+        parent_output = run.workdir / "runs" / run.record["resume_from"] / OUTPUT_DIR
+        run.resume_from = latest_complete_checkpoint(parent_output)
+        if run.resume_from is None:
+            return fail(run.events, [f"no complete checkpoint in {parent_output}"], "resume")
+        print(f"resuming from {run.resume_from}", flush=True)
+    own = latest_complete_checkpoint(run.output_dir)
     if own is not None:
         # A run that starts with a checkpoint of its own is a restart of itself (Slurm requeued it near its
         # time limit): it continues from there, and ends where the uninterrupted run would have.
-        resume_from = own
+        run.resume_from = own
         print(f"restarted: continuing from {own}", flush=True)
+    return None
 
-    # 2. Tokenizer, and what each example will train on: refuse before loading the model.
+
+def prepare_base_and_tokenizer(run: Run) -> None:
+    """bf16 and checkpointing decided for this machine (when the task leaves them unset), the base model found
+    (builtin:tiny built into the cache), and its tokenizer loaded."""
     from trainer.training.recipes import on_this_machine
 
-    t = on_this_machine(config).training  # bf16 and checkpointing left unset: decided here, for this machine
+    t = on_this_machine(run.config).training
     print(
         f"bf16: {'on' if t.bf16 else 'off'}, gradient checkpointing: {'on' if t.gradient_checkpointing else 'off'}",
         flush=True,
     )
-    base = resolve_base_model(config, cache_dir=default_cache_dir(fallback=workdir / "cache" / "models"))
-    print(f"base model: {config.base_model} ({base})", flush=True)
-    tokenizer = load_tokenizer(base)
-    tokenized = None  # SFT: the datasets the checks tokenized, reused by the trainer (and by the next run: cached)
+    run.base = resolve_base_model(run.config, cache_dir=default_cache_dir(fallback=run.workdir / "cache" / "models"))
+    print(f"base model: {run.config.base_model} ({run.base})", flush=True)
+    run.tokenizer = load_tokenizer(run.base)
+
+
+def check_tokens(run: Run) -> int | None:
+    """What each example will train on, and lora.target_modules against the model: refused before it loads."""
+    config = run.config
     if config.task == "sft":
         from trainer.training.tokencache import checked_tokens
 
-        problems, tokenized = checked_tokens(config, tokenizer, splits, task_dir, workdir / "cache" / "tokenized", say)
+        cache_root = run.workdir / "cache" / "tokenized"
+        problems, run.tokenized = checked_tokens(config, run.tokenizer, run.splits, run.task_dir, cache_root, say)
     else:
-        problems = check_tokens(config, tokenizer, splits)
+        problems = token_problems(config, run.tokenizer, run.splits)
     from trainer.training.validate import module_problems
 
-    problems += module_problems(config, base)  # lora.target_modules, from config.json before the weights download
+    problems += module_problems(config, run.base)  # lora.target_modules, from config.json before the weights download
     if problems:
-        return fail(events, problems, "token")
+        return fail(run.events, problems, "token")
+    return None
 
-    # 3. Model.
-    labels = None
-    if config.task == "classification":
+
+def load_the_model(run: Run) -> int | None:
+    """The base model (a classifier's head named after the labels); a stop asked meanwhile ends the run here."""
+    if run.config.task == "classification":
         from trainer.training.recipes import label_names
 
-        labels = label_names(splits["train"])
-    model = load_model(config, base, num_labels=len(labels) if labels else None)
+        run.labels = label_names(run.splits["train"])
+    labels = run.labels
+    run.model = load_model(run.config, run.base, num_labels=len(labels) if labels else None)
     if labels:
-        model.config.id2label = dict(enumerate(labels))
-        model.config.label2id = {name: i for i, name in enumerate(labels)}
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if stop.requested:
-        events.emit("stopped", step=0)
+        run.model.config.id2label = dict(enumerate(labels))
+        run.model.config.label2id = {name: i for i, name in enumerate(labels)}
+        run.model.config.pad_token_id = run.tokenizer.pad_token_id
+    if run.stop.requested:
+        run.events.emit("stopped", step=0)
         return EXIT_STOPPED
+    return None
 
-    # 4. Train.
+
+def train(run: Run) -> None:
     from trainer.training.recipes import build_trainer
 
-    output_dir = run_dir / OUTPUT_DIR
-    stopper = stop_callback(lambda: stop.requested)
-    trainer = build_trainer(
-        config,
-        model,
-        tokenizer,
-        splits,
-        output_dir,
-        [events_callback(events, lambda ckpt: name_the_base(ckpt, config)), stopper],
-        tokenized,
-        task_dir=task_dir,
+    run.stopper = stop_callback(lambda: run.stop.requested)
+    callbacks = [events_callback(run.events, lambda ckpt: name_the_base(ckpt, run.config)), run.stopper]
+    run.trainer = build_trainer(
+        run.config,
+        run.model,
+        run.tokenizer,
+        run.splits,
+        run.output_dir,
+        callbacks,
+        run.tokenized,
+        task_dir=run.task_dir,
     )
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    run.result = run.trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     if os.environ.get(DIGEST_ENV):
-        write_trained_digest(trainer.model, run_dir / f"trained_digest.rank{rank}")
-    if stop.requested or stopper.stopped:
-        checkpoint = latest_complete_checkpoint(output_dir)
-        events.emit("stopped", step=trainer.state.global_step, checkpoint=checkpoint.name if checkpoint else None)
-        print(f"stopped at step {trainer.state.global_step}; checkpoint: {checkpoint}", flush=True)
-        return EXIT_STOPPED
+        write_trained_digest(run.trainer.model, run.run_dir / f"trained_digest.rank{run.rank}")
+
+
+def stopped_in_training(run: Run) -> int | None:
+    """`gpurun stop` during training: the checkpoint the stop saved is where a --resume continues."""
+    if not (run.stop.requested or run.stopper.stopped):
+        return None
+    step = run.trainer.state.global_step
+    checkpoint = latest_complete_checkpoint(run.output_dir)
+    run.events.emit("stopped", step=step, checkpoint=checkpoint.name if checkpoint else None)
+    print(f"stopped at step {step}; checkpoint: {checkpoint}", flush=True)
+    return EXIT_STOPPED
+
+
+def leave_the_rest_to_rank_0(run: Run) -> int | None:
+    """The model is rank 0's to save and try out; the other processes end here."""
     from trainer.training.model import shards_weights
 
-    sharded = shards_weights(config) and world > 1  # FSDP / ZeRO: each process holds a part of the weights
-    if rank != 0:
-        if sharded:  # gathering the parts to save them takes every process (only rank 0 writes)
-            trainer.save_model(str(output_dir))
-        return 0  # the model is rank 0's to save and try out
+    run.sharded = shards_weights(run.config) and run.world > 1
+    if run.rank == 0:
+        return None
+    if run.sharded:  # gathering the parts to save them takes every process (only rank 0 writes)
+        run.trainer.save_model(str(run.output_dir))
+    return 0
 
-    # 5. Save what `gpurun pull` brings home: adapter, tokenizer, state, resolved config.
-    saved = phase_progress(events, "saving", 1, f"writing the adapter, tokenizer and trainer state to {output_dir}")
-    trainer.save_model(str(output_dir))
-    name_the_base(output_dir, config)
-    tokenizer.save_pretrained(str(output_dir))
-    trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
-    (output_dir / "task_config.json").write_text(json.dumps(record["config"], indent=2, ensure_ascii=False))
-    if labels:
-        (output_dir / "labels.json").write_text(json.dumps(labels, ensure_ascii=False))
+
+def save_outputs(run: Run) -> None:
+    """What `gpurun pull` brings home: adapter, tokenizer, state, resolved config (and a classifier's labels)."""
+    output_dir = run.output_dir
+    saved = phase_progress(run.events, "saving", 1, f"writing the adapter, tokenizer and trainer state to {output_dir}")
+    run.trainer.save_model(str(output_dir))
+    name_the_base(output_dir, run.config)
+    run.tokenizer.save_pretrained(str(output_dir))
+    run.trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+    (output_dir / "task_config.json").write_text(json.dumps(run.record["config"], indent=2, ensure_ascii=False))
+    if run.labels:
+        (output_dir / "labels.json").write_text(json.dumps(run.labels, ensure_ascii=False))
     saved(1)
-    final = {"train_loss": result.training_loss}
-    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-    if evals:
-        final["eval_loss"] = evals[-1]["eval_loss"]
 
-    # 6. How it does: sample generations, and the eval suite against its before-training figure.
-    if sharded:  # rank 0 alone cannot run a model whose weights are spread over processes that have ended
+
+def try_out(run: Run) -> None:
+    """How it does: sample generations, and the eval suite against its before-training figure."""
+    if run.sharded:  # rank 0 alone cannot run a model whose weights are spread over processes that have ended
         print(
             "samples and eval suite: skipped (the model is sharded across processes); try the pulled adapter",
             flush=True,
         )
-    if config.task != "classification" and config.samples and not sharded:
-        from trainer.training.evaluate import sample_rows, write_samples
+        return
+    model, config = run.trainer.model, run.config
+    if config.task != "classification" and config.samples:
+        write_sample_replies(config, model, run.tokenizer, run.splits, run.output_dir, run.events)
+    step = run.trainer.state.global_step
+    run.suite_accuracies = eval_suite_beside_base(config, model, run.tokenizer, run.splits, run.events, step)
 
-        prompts = splits["eval"] or splits["test"] or splits["train"]
-        count = len(sample_rows(prompts, config.samples))
-        advance = phase_progress(events, "samples", count, f"generating {count} sample replies to eval prompts")
-        written = write_samples(
-            trainer.model, tokenizer, prompts, config.samples, output_dir / "samples.jsonl", on_progress=advance
-        )
-        print(f"wrote {written} sample generations to {output_dir / 'samples.jsonl'}", flush=True)
-    suite = None if sharded else run_eval_suite(config, trainer.model, tokenizer, splits, events, "eval_suite")
-    if suite is not None:
-        from trainer.training.evaluate import score_text, score_warning
 
-        base = None
-        if hasattr(trainer.model, "disable_adapter"):  # the base model is the adapter switched off
-            # (measured after training: generating before it slowed the CPU training loop 15x here)
-            with trainer.model.disable_adapter():
-                base = run_eval_suite(config, trainer.model, tokenizer, splits, events, "baseline")
-        # the base model's figures beside the trained one's: baseline_accuracy, baseline_arguments_accuracy, ...
-        baseline = {"baseline_accuracy": None}
-        baseline.update({f"baseline_{k}": v for k, v in (base or {}).items() if k.endswith(("accuracy", "parsed"))})
-        warning = score_warning(suite, config.eval_suite.json_field)
-        extra = {"warning": warning} if warning else {}
-        events.emit("eval_suite", step=trainer.state.global_step, **baseline, **suite, **extra)
-        before = f" (base model without the adapter: {score_text(base)})" if base else ""
-        print(f"eval suite: {score_text(suite)}{before}", flush=True)
-        if warning:
-            print(f"warning: {warning}", flush=True)
-        final.update({k: v for k, v in suite.items() if k.endswith("accuracy")})
-    events.emit("done", step=trainer.state.global_step, total_steps=trainer.state.max_steps, **final)
-    print(f"saved adapter to {output_dir}", flush=True)
+def finish(run: Run) -> int:
+    """The `done` event, with the run's final figures: train loss, last eval loss, eval-suite accuracies."""
+    state = run.trainer.state
+    final = {"train_loss": run.result.training_loss}
+    evals = [e for e in state.log_history if "eval_loss" in e]
+    if evals:
+        final["eval_loss"] = evals[-1]["eval_loss"]
+    final.update(run.suite_accuracies)
+    run.events.emit("done", step=state.global_step, total_steps=state.max_steps, **final)
+    print(f"saved adapter to {run.output_dir}", flush=True)
     return 0
 
 
@@ -269,27 +358,15 @@ def write_trained_digest(model, path: Path) -> None:
     path.write_text(digest.hexdigest() + "\n")
 
 
-def check_tokens(config: TaskConfig, tokenizer, splits: dict) -> list:
+def token_problems(config: TaskConfig, tokenizer, splits: dict) -> list:
+    """The token checks of the recipes that tokenize on their own (preference, classification): lengths."""
     from trainer.training.tokens import token_report
 
     report = token_report(splits["train"] + splits["eval"], tokenizer, config)
-    lengths = report.percentiles()
-    if lengths:
-        shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
-        print(f"tokens per example: {shown}; {report.truncated} truncated at {config.training.max_length}", flush=True)
+    summary = report.summary(config.training.max_length)
+    if summary:
+        print(summary, flush=True)
     return report.problems
-
-
-def run_eval_suite(config: TaskConfig, model, tokenizer, splits: dict, events: EventWriter, phase: str) -> dict | None:
-    if not config.eval_suite or not splits["eval_suite"]:
-        return None
-    from trainer.training.evaluate import answer_suite, score
-
-    rows = splits["eval_suite"]
-    whose = "the base model without the adapter" if phase == "baseline" else "the trained model"
-    advance = phase_progress(events, phase, len(rows), f"{len(rows)} test requests, answered by {whose}")
-    answered = answer_suite(model, tokenizer, rows, config.eval_suite.max_new_tokens, on_progress=advance)
-    return score(rows, answered["replies"], config.eval_suite.json_field, calls=answered["calls"])
 
 
 def refuse(events: EventWriter, problems: list) -> int:

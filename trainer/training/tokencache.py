@@ -1,9 +1,11 @@
 """SFT data tokenized once, by the token checks, and kept on the host by content for the next run of the same data.
 
-The checks (trainer/tokens.py) tokenize every row to see what it trains on; the dataset handed to TRL is built
+The checks (trainer/training/tokens.py) tokenize every row to see what it trains on; the dataset handed to TRL is built
 from those very tokens (input ids, and labels at -100 where nothing is trained, truncated to max_length), so
-TRL tokenizes nothing and maps nothing. It is saved under `<workdir>/cache/tokenized/<key>/`: a second run or a
-`--resume` of the same data loads it instead of tokenizing again. The key hashes everything the tokens depend
+TRL tokenizes nothing and maps nothing. The rows the checks drop (every trained token beyond max_length, with
+data.drop_long) are in neither dataset, and are taken out of the splits too. It is saved under
+`<workdir>/cache/tokenized/<key>/`: a second run or a `--resume` of the same data loads it instead of tokenizing
+again. The key hashes everything the tokens depend
 on: the rows as read (which stand for the data files' bytes, their file:line, and every data option: format,
 columns, system prompt, split, fraction, shuffle and seed; hub data too), the tokenizer (vocabulary, merges,
 special tokens, chat template and the training template used for the mask), task, max_length, packing,
@@ -20,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.task.config import Problem, TaskConfig, config_to_dict
+from trainer.task.loading import config_to_dict
+from trainer.task.problems import Problem
+from trainer.task.schema import TaskConfig
 
 FORMAT = 1  # bump when what a cache folder holds changes
 META = "meta.json"  # written last inside the temporary folder: a folder without it is not a cache
@@ -150,6 +154,37 @@ class TokenColumns:
         rest = table.num_rows - split_at
         return train, Dataset(InMemoryTable(table.slice(split_at))) if rest else None
 
+    def tokenized(self, split_at: int) -> Tokenized:
+        """Every row appended so far, freshly tokenized: those before `split_at` train, the rest evaluate."""
+        train, evaluation = self.datasets(split_at)
+        rows = len(train) + (len(evaluation) if evaluation is not None else 0)
+        return Tokenized(train, evaluation, rows, reused=False, truncated=self.cut.stop is not None)
+
+
+def label_cut(config: TaskConfig) -> int | None:
+    """Where the rows are cut: at max_length, except with packing, which TRL chunks into sequences itself."""
+    return None if config.training.packing else config.training.max_length
+
+
+def tokenize_rows(config: TaskConfig, tokenizer, rows: list[dict], train_rows: int) -> Tokenized:
+    """The rows tokenized as the checks tokenize them, without the checks (a test, a notebook): the first
+    `train_rows` train, the rest evaluate. As the checks do, a row of which max_length cuts off every trained token
+    is left out (data.drop_long)."""
+    from trainer.training.tokens import mask_of, training_chat_template
+
+    chat = any("messages" in r or isinstance(r.get("completion"), list) for r in rows)
+    template = training_chat_template(tokenizer) if chat else None
+    columns = TokenColumns(label_cut(config))
+    max_length, kept_train = config.training.max_length, train_rows
+    for index, row in enumerate(rows):
+        ids, mask = mask_of(row, tokenizer, template)
+        if config.data.drop_long and any(mask) and not any(mask[:max_length]):
+            if index < train_rows:
+                kept_train -= 1
+            continue
+        columns.append((ids, mask))
+    return columns.tokenized(kept_train)
+
 
 def checked_tokens(
     config: TaskConfig,
@@ -160,7 +195,10 @@ def checked_tokens(
     say: Callable[[str], None] = print,
 ) -> tuple[list[Problem], Tokenized | None]:
     """The token checks' problems, and (when there are none) the tokenized train / eval datasets, from the cache
-    under `cache_root` when the same data was tokenized before, else tokenized now and cached."""
+    under `cache_root` when the same data was tokenized before, else tokenized now and cached.
+
+    The rows the checks drop (data.drop_long) are said, and taken out of `splits["train"]` and `splits["eval"]`
+    (in place: what trains, evaluates and samples afterwards is the rows the datasets hold)."""
     from trainer.training.tokens import token_report
 
     key = cache_key(config, tokenizer, splits, task_dir)
@@ -168,27 +206,36 @@ def checked_tokens(
     if cached is not None:
         meta, tokenized = cached
         say(meta["summary"])
+        if meta.get("dropped"):
+            say(meta["dropped_notice"])
+            _drop_rows(splits, meta["dropped"])
         say(f"tokenized data: reused from cache ({tokenized.rows} rows)")
         return [], tokenized
 
-    max_length = config.training.max_length
-    cut = None if config.training.packing else max_length  # packing: TRL chunks the sequences itself
-    columns = TokenColumns(cut)
-    report = token_report(splits["train"] + splits["eval"], tokenizer, config, pairs=columns)
-    lengths = report.percentiles()
-    summary = ""
-    if lengths:
-        shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
-        summary = f"tokens per example: {shown}; {report.truncated} truncated at {max_length}"
+    columns = TokenColumns(label_cut(config))
+    train_rows = len(splits["train"])
+    report = token_report(splits["train"] + splits["eval"], tokenizer, config, pairs=columns, train_rows=train_rows)
+    summary = report.summary(config.training.max_length)
+    if summary:
         say(summary)
     if report.problems:
         return report.problems, None
-    train, evaluation = columns.datasets(len(splits["train"]))
-    rows = len(train) + (len(evaluation) if evaluation is not None else 0)
-    tokenized = Tokenized(train, evaluation, rows, reused=False, truncated=cut is not None)
-    where = _save(cache_root, key, tokenized, summary)
-    say(f"tokenized data: {rows} rows, " + (f"cached in {where}" if isinstance(where, Path) else where))
+    dropped = {"dropped": report.dropped, "dropped_notice": report.dropped_notice(config.training.max_length)}
+    if report.dropped:
+        say(dropped["dropped_notice"])
+        _drop_rows(splits, report.dropped)
+    tokenized = columns.tokenized(len(splits["train"]))
+    where = _save(cache_root, key, tokenized, summary, dropped)
+    say(f"tokenized data: {tokenized.rows} rows, " + (f"cached in {where}" if isinstance(where, Path) else where))
     return [], tokenized
+
+
+def _drop_rows(splits: dict, dropped: list[int]) -> None:
+    """Take the rows at `dropped` (indices into train + eval, in that order) out of splits["train"] and ["eval"]."""
+    gone = set(dropped)
+    train = len(splits["train"])
+    splits["train"] = [row for i, row in enumerate(splits["train"]) if i not in gone]
+    splits["eval"] = [row for i, row in enumerate(splits["eval"], train) if i not in gone]
 
 
 def _load(folder: Path) -> tuple[dict, Tokenized] | None:
@@ -209,7 +256,7 @@ def _load(folder: Path) -> tuple[dict, Tokenized] | None:
     return meta, tokenized
 
 
-def _save(cache_root: Path, key: str, tokenized: Tokenized, summary: str) -> Path | str:
+def _save(cache_root: Path, key: str, tokenized: Tokenized, summary: str, dropped: dict | None = None) -> Path | str:
     """Write the cache whole into a temporary folder, then rename it into place. A failure to cache (a full
     disk, a read-only workdir) costs the next run a tokenization, never this run: it is said, not raised."""
     import datasets
@@ -230,6 +277,7 @@ def _save(cache_root: Path, key: str, tokenized: Tokenized, summary: str) -> Pat
             "splits": written,
             "truncated": tokenized.truncated,
             "summary": summary,
+            **(dropped or {}),  # the rows the checks dropped (indices into train + eval), and what was said of them
         }
         (staging / META).write_text(json.dumps(meta), encoding="utf-8")  # last: it makes the folder a cache
         if final.exists():  # a folder without a whole cache in it (we did not load it): replace it

@@ -3,13 +3,16 @@
 For every example: its token length against max_length, and its loss mask (which tokens are
 trained): the assistant turns for chat data, the response for prompt/response data, everything
 for plain text. A row with no trained token, or a data set in which the end-of-turn token is
-never trained (a model that never learns to stop), stops the run here with `file:line`.
+never trained (a model that never learns to stop), stops the run here with `file:line`. A row of
+which max_length cuts off every trained token is dropped, said with its `file:line` (data.drop_long),
+unless that would drop every training row.
 """
 
 import re
 from dataclasses import dataclass, field
 
-from trainer.task.config import Problem, TaskConfig
+from trainer.task.problems import Problem
+from trainer.task.schema import TaskConfig
 
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -24,6 +27,9 @@ class TokenReport:
     eot_token: str | None = None
     lost_trained: int = 0  # examples of which max_length cuts off trained tokens
     eot_trained_untruncated: bool = False  # whether the end-of-turn token would be trained without max_length
+    dropped: list[int] = field(default_factory=list)  # indices of the rows dropped: every trained token cut off
+    dropped_where: list[str] = field(default_factory=list)  # their file:line
+    dropped_lengths: list[int] = field(default_factory=list)  # their token lengths
 
     def percentiles(self) -> dict[str, int]:
         if not self.lengths:
@@ -38,6 +44,35 @@ class TokenReport:
     def suggested_max_length(self) -> int | None:
         """The max_length that keeps 99% of the examples whole."""
         return self.percentiles().get("p99")
+
+    def summary(self, max_length: int) -> str:
+        """`tokens per example: p50 …, max …; N truncated at max_length` (train.log); empty without examples."""
+        lengths = self.percentiles()
+        if not lengths:
+            return ""
+        shown = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        dropped = f"; {len(self.dropped)} dropped" if self.dropped else ""
+        return f"tokens per example: {shown}; {self.truncated} truncated at {max_length}{dropped}"
+
+    def dropped_notice(self, max_length: int) -> str:
+        """`N example(s) dropped: ... (file lines ...); max_length M keeps them`, or empty when none is."""
+        if not self.dropped:
+            return ""
+        return (
+            f"{len(self.dropped)} example(s) dropped: every trained token lies beyond max_length {max_length} "
+            f"({_by_file(self.dropped_where)}); max_length {max(self.dropped_lengths)} keeps them whole "
+            "(data.drop_long: false refuses them instead)"
+        )
+
+
+def _by_file(wheres: list[str], most: int = 10) -> str:
+    """`data/a.jsonl lines 4, 9; data/b.jsonl line 2` from file:line places (the first `most` of them)."""
+    files: dict[str, list[str]] = {}
+    for where in wheres[:most]:
+        name, _, line = where.rpartition(":")
+        files.setdefault(name or where, []).append(line)
+    shown = "; ".join(f"{name} line{'s' if len(lines) > 1 else ''} {', '.join(lines)}" for name, lines in files.items())
+    return shown + (f"; and {len(wheres) - most} more" if len(wheres) > most else "")
 
 
 def training_chat_template(tokenizer) -> str | None:
@@ -140,23 +175,17 @@ def _unweighted(messages: list[dict], mask: list[int]) -> list[int]:
     return out
 
 
-def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0, pairs=None) -> TokenReport:
-    """The checks. `pairs` (a list, or trainer.tokencache.TokenColumns) gets each SFT row's (input ids, mask)
-    appended, so that training reuses these tokens instead of tokenizing again."""
-    report = TokenReport()
+def token_report(
+    rows: list[dict], tokenizer, config: TaskConfig, show: int = 0, pairs=None, train_rows: int | None = None
+) -> TokenReport:
+    """The checks. `pairs` (a list, or trainer.training.tokencache.TokenColumns) gets each SFT row's (input ids, mask)
+    appended, so that training reuses these tokens instead of tokenizing again; not those of the rows dropped
+    (report.dropped: every trained token beyond max_length, with data.drop_long). The first `train_rows` rows (all
+    of them when None) are the training rows: when every one of those would be dropped, each is a problem instead."""
     max_length = config.training.max_length
     if config.task in ("orpo", "dpo", "classification"):
-        for row in rows:  # lengths only: these recipes mask on their own terms
-            if isinstance(row.get("chosen"), list):  # conversational preference: through the chat template
-                ids = tokenizer.apply_chat_template(
-                    row["prompt"] + row["chosen"], tools=row.get("tools"), tokenize=True, return_dict=True
-                )["input_ids"]
-            else:
-                text = row.get("text") or f"{row.get('prompt', '')} {row.get('chosen', '')}"
-                ids = tokenizer(text)["input_ids"]
-            report.lengths.append(len(ids))
-        report.truncated = sum(1 for n in report.lengths if n > max_length)
-        return report
+        return _lengths_only(rows, tokenizer, max_length)  # these recipes mask on their own terms
+    report = TokenReport()
     chat = any("messages" in row or isinstance(row.get("completion"), list) for row in rows)
     try:
         template = training_chat_template(tokenizer) if chat else None
@@ -166,14 +195,15 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0,
     eot = _end_of_turn_id(tokenizer)
     report.eot_token = tokenizer.convert_ids_to_tokens(eot) if eot is not None else None
     report.eot_trained = False
-    for row in rows:
+    row_problems: list[tuple[int, Problem]] = []
+    beyond: list[tuple[int, Problem, int]] = []  # the rows max_length leaves nothing to train: (index, problem, length)
+    for index, row in enumerate(rows):
         try:
             ids, mask = mask_of(row, tokenizer, template)
         except ValueError as exc:
-            report.problems.append(Problem(row.get("_where", "?"), str(exc), "drop `weight` or fix the template"))
+            problem = Problem(row.get("_where", "?"), str(exc), "drop `weight` or fix the template")
+            row_problems.append((index, problem))
             continue
-        if pairs is not None:
-            pairs.append((ids, mask))
         report.lengths.append(len(ids))
         if len(ids) > max_length:
             report.truncated += 1
@@ -183,18 +213,59 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0,
         # (each `not report.…` first: once found, no other row's tokens need walking for it)
         if eot is not None and not report.eot_trained_untruncated and _trains(eot, ids, mask):
             report.eot_trained_untruncated = True
-        if not any(kept_mask):
-            beyond = f"every trained token lies beyond max_length {max_length}"
-            reason = "no trained tokens" if not any(mask) else beyond
+        if not any(mask):
             hint = "the assistant turn is empty or outside the template's generation markers"
-            report.problems.append(Problem(row.get("_where", "?"), reason, hint))
+            row_problems.append((index, Problem(row.get("_where", "?"), "no trained tokens", hint)))
+        elif not any(kept_mask):
+            reason = f"every trained token lies beyond max_length {max_length}"
+            hint = f"raise training.max_length (to {len(ids)} it keeps this example whole), or shorten the prompt"
+            beyond.append((index, Problem(row.get("_where", "?"), reason, hint), len(ids)))
+            if config.data.drop_long:
+                continue  # not handed to training, nor previewed (nothing in it is trained)
+        if pairs is not None:
+            pairs.append((ids, mask))
         if eot is not None and not report.eot_trained and _trains(eot, kept_ids, kept_mask):
             report.eot_trained = True
         if len(report.previews) < show:
             report.previews.append(_pieces(tokenizer, kept_ids, kept_mask))
+    training = len(rows) if train_rows is None else train_rows
+    if config.data.drop_long and beyond and sum(1 for index, _, _ in beyond if index < training) < training:
+        report.dropped = [index for index, _, _ in beyond]
+        report.dropped_where = [problem.where for _, problem, _ in beyond]
+        report.dropped_lengths = [length for _, _, length in beyond]
+        report.truncated -= len(beyond)  # (each longer than max_length, and each losing trained tokens)
+        report.lost_trained -= len(beyond)
+    else:  # refused: data.drop_long is false, or nothing would be left to train on (then `pairs` is not used)
+        row_problems += [(index, problem) for index, problem, _ in beyond]
+    report.problems += [problem for _, problem in sorted(row_problems, key=lambda item: item[0])]
+    report.problems += _whole_set_problems(report, config, eot is not None)
+    return report
+
+
+def _lengths_only(rows: list[dict], tokenizer, max_length: int) -> TokenReport:
+    """Preference and classification rows: their token lengths, and how many max_length truncates."""
+    report = TokenReport()
+    for row in rows:
+        if isinstance(row.get("chosen"), list):  # conversational preference: through the chat template
+            ids = tokenizer.apply_chat_template(
+                row["prompt"] + row["chosen"], tools=row.get("tools"), tokenize=True, return_dict=True
+            )["input_ids"]
+        else:
+            text = row.get("text") or f"{row.get('prompt', '')} {row.get('chosen', '')}"
+            ids = tokenizer(text)["input_ids"]
+        report.lengths.append(len(ids))
+    report.truncated = sum(1 for n in report.lengths if n > max_length)
+    return report
+
+
+def _whole_set_problems(report: TokenReport, config: TaskConfig, has_eot: bool) -> list[Problem]:
+    """What only the whole data set shows, once every row is walked: truncated padding-free batches, and an
+    end-of-turn token that no row trains (because of the template, or because max_length cuts it off)."""
+    problems = []
     t = config.training
+    max_length = t.max_length
     if t.padding_free and not t.packing and report.truncated:
-        report.problems.append(
+        problems.append(
             Problem(
                 "training.padding_free",
                 f"{report.truncated} example(s) exceed max_length {max_length}, and padding-free batches "
@@ -202,10 +273,10 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0,
                 "set training.packing: true, raise max_length, or shorten those examples",
             )
         )
-    if eot is not None and report.lengths and not report.eot_trained:
+    if has_eot and report.lengths and not report.eot_trained:
         never = f"the end-of-turn token {report.eot_token!r} is never trained: the model would not learn to stop"
         if report.eot_trained_untruncated:  # the template is fine: max_length cuts every answer's end off
-            report.problems.append(
+            problems.append(
                 Problem(
                     "training.max_length",
                     f"{never}, because max_length {max_length} cuts off the end of every answer",
@@ -213,12 +284,12 @@ def token_report(rows: list[dict], tokenizer, config: TaskConfig, show: int = 0,
                 )
             )
         else:
-            report.problems.append(
+            problems.append(
                 Problem(
                     "chat template", never, "put it inside {% generation %}...{% endgeneration %} in the chat template"
                 )
             )
-    return report
+    return problems
 
 
 def _trains(token: int, ids: list[int], mask: list[int]) -> bool:

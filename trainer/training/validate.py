@@ -10,8 +10,11 @@ import json
 from pathlib import Path
 
 from trainer.builtin.tiny import default_cache_dir, is_builtin
-from trainer.task.config import Problem, TaskConfig, TaskError, check_target_modules, load_task
-from trainer.task.data import load_task_data
+from trainer.task.loading import load_task
+from trainer.task.problems import Problem, TaskError
+from trainer.task.rules import check_target_modules
+from trainer.task.schema import TaskConfig
+from trainer.task.splits import load_task_data
 
 
 def local_tokenizer(config: TaskConfig, cache_fallback: Path | None = None):
@@ -92,7 +95,8 @@ def main(argv: list[str]) -> int:
         return 0
     from trainer.training.tokens import token_report
 
-    report = token_report(splits["train"] + splits["eval"], tokenizer, config, show=args.show)
+    rows = splits["train"] + splits["eval"]
+    report = token_report(rows, tokenizer, config, show=args.show, train_rows=len(splits["train"]))
     problems = report.problems + module_problems(config, tokenizer.name_or_path, local_only=True)
     out["problems"] = [{"where": p.where, "message": p.message, "hint": p.hint} for p in problems]
     out["lengths"] = report.percentiles()
@@ -100,6 +104,11 @@ def main(argv: list[str]) -> int:
     out["truncated"] = report.truncated
     out["lost_trained"] = report.lost_trained  # examples whose trained tokens max_length cuts off
     out["suggested_max_length"] = report.suggested_max_length()
+    out["dropped"] = len(report.dropped)  # rows of which every trained token lies beyond max_length: not trained
+    out["dropped_rows"] = report.dropped_where
+    out["dropped_keep_max_length"] = max(report.dropped_lengths, default=None)  # the max_length keeping them whole
+    if report.dropped:
+        out["notices"].append(report.dropped_notice(config.training.max_length))
     out["max_length"] = config.training.max_length
     out["eot_token"] = report.eot_token
     out["eot_trained"] = report.eot_trained
