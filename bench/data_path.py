@@ -116,7 +116,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def gpurun_first_step(workdir: Path, run_id: str, env: dict) -> tuple[float, str]:
     """Seconds from starting `python -m trainer run` to its first optimizer step (the step-1 log event)."""
-    from trainer.task.config import config_from_dict, config_to_dict
+    from trainer.task.loading import config_from_dict, config_to_dict
 
     raw = {
         "base_model": "builtin:tiny",

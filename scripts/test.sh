@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets everything up, then lint, format check and the whole test suite (real sshd, real rsync,
-# real training of a tiny model on the CPU).
+# real training of a tiny model on the CPU). `--fast`: only the tests marked fast (tests/conftest.py: those that use
+# no sshd, training, Slurm, box account or second node, plus the smoke tests: one real loop over sshd, one real run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --tests
@@ -9,4 +10,5 @@ ruff check .
 ruff format --check .
 # Two workers, one test file each at a time (box accounts, Slurm daemons and module fixtures stay in their file):
 # much of a test waits on ssh, rsync and detached jobs, so one file alone leaves a core idle.
+if [ "${1:-}" = --fast ]; then shift; set -- -m fast "$@"; fi
 python -m pytest -n "${GPURUN_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -2,12 +2,19 @@
 
 The sshd is our own (own config, host key, user key, known_hosts, pid); the system's sshd and the
 machine's ~/.ssh are never touched.
+
+Markers come from the fixtures a test uses (see KIND_OF_FIXTURE): `ssh`, `trains`, `slurm`, `box`, `nodes`.
+A test that uses none of them, or is marked `smoke` (one real loop over sshd, one real training run), is also
+marked `fast`: `bash scripts/test.sh --fast` runs just those.
 """
 
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +55,46 @@ def sshd(tmp_path_factory) -> SSHServer:
     server.stop()
 
 
+# What a test does, told by the fixtures it uses (a test that trains needs the model cache).
+KIND_OF_FIXTURE = {
+    "sshd": "ssh",
+    "model_cache": "trains",
+    "cluster": "slurm",
+    "readme_box": "box",
+    "two_nodes": "nodes",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        kinds = {kind for name, kind in KIND_OF_FIXTURE.items() if name in getattr(item, "fixturenames", ())}
+        for kind in sorted(kinds):
+            item.add_marker(kind)
+        if not kinds or item.get_closest_marker("smoke"):
+            item.add_marker("fast")
+
+
+def builtin_sources_key() -> str:
+    """What builds builtin:tiny: a model cache keyed by it is shared by every worker and every session."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "trainer" / "builtin").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory) -> Path:
-    """One builtin:tiny build shared by every run of the session (it is deterministic)."""
-    path = tmp_path_factory.mktemp("model-cache")
+def model_cache() -> Path:
+    """One builtin:tiny build for every test worker and every session of this checkout's builtin sources: the
+    folder is keyed by their content and built under a lock (the first worker builds, the others wait and load)."""
+    path = Path(tempfile.gettempdir()) / "gpurun-test-models" / builtin_sources_key()
+    path.mkdir(parents=True, exist_ok=True)
     os.environ["GPURUN_CACHE"] = str(path)
+    from trainer.builtin.tiny import ensure_tiny  # imports the stack lazily: building needs torch
+
+    with open(path / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_tiny(path / "models")  # GPURUN_CACHE/models, where default_cache_dir() looks
     return path
 
 

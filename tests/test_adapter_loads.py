@@ -12,7 +12,7 @@ import sys
 from tests.conftest import REPO, run_gpurun
 from tests.test_loop_ssh import latest_run_dir
 from trainer.builtin.tiny import LOCAL_TINY_DIR
-from trainer.task.config import config_from_dict
+from trainer.task.loading import config_from_dict
 from trainer.training.model import adapter_base_name, name_the_base
 
 # The README's lines, run in a fresh process: its own HOME and no GPURUN_CACHE, so the host's cache

@@ -3,7 +3,8 @@
 import pytest
 
 from tests.conftest import REPO
-from trainer.task.config import TaskError, config_from_dict, deep_merge, load_task
+from trainer.task.loading import config_from_dict, deep_merge, load_task
+from trainer.task.problems import TaskError
 
 BASE = {"base_model": "builtin:tiny", "data": {"train": ["data/train.jsonl"]}}
 

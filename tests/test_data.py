@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.task.config import TaskError, config_from_dict
-from trainer.task.data import load_task_data
+from trainer.task.loading import config_from_dict
+from trainer.task.problems import TaskError
+from trainer.task.splits import load_task_data
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

@@ -7,7 +7,7 @@ activation checkpointing: on with a GPU, as TRL's configs default them; off on t
 import pytest
 import torch
 
-from trainer.task.config import config_from_dict
+from trainer.task.loading import config_from_dict
 from trainer.training.recipes import common_args, on_this_machine
 
 TASK = {"base_model": "builtin:tiny", "data": {"train": ["t.jsonl"]}}
@@ -51,7 +51,7 @@ def test_the_cpu_really_builds_a_fused_adamw_and_steps_it(tmp_path, model_cache)
     import json
 
     from trainer.builtin.tiny import ensure_tiny
-    from trainer.task.data import load_task_data
+    from trainer.task.splits import load_task_data
     from trainer.training.model import load_model, load_tokenizer
     from trainer.training.recipes import build_trainer
 

@@ -17,7 +17,8 @@ import yaml
 from tests.conftest import REPO, run_gpurun
 from tests.readme import readme_blocks
 from tests.test_lifecycle import wait_for
-from trainer.task.config import TaskError, load_task
+from trainer.task.loading import load_task
+from trainer.task.problems import TaskError
 
 ZERO3 = {
     "bf16": {"enabled": "auto"},

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from tests.conftest import run_gpurun
-from trainer.task.config import TaskConfig, TaskError, config_from_dict
-from trainer.task.data import load_task_data
+from trainer.task.loading import config_from_dict
+from trainer.task.problems import TaskError
+from trainer.task.schema import TaskConfig
+from trainer.task.splits import load_task_data
 from trainer.training.evaluate import parse_tool_calls, score, score_text, score_warning, template_calls
 
 BASE = {"base_model": "builtin:tiny", "data": {"train": ["data/train.jsonl"]}}

@@ -25,7 +25,8 @@ import yaml
 
 from launcher.checks import check_task, task_error
 from launcher.errors import GpurunError
-from trainer.task.config import Problem, TaskError, config_to_dict, load_task
+from trainer.task.loading import config_to_dict, load_task
+from trainer.task.problems import Problem, TaskError
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = 8

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from trainer.builtin.tiny import ensure_tiny
-from trainer.task.config import config_from_dict
-from trainer.task.data import load_task_data
+from trainer.task.loading import config_from_dict
+from trainer.task.splits import load_task_data
 from trainer.training.model import load_model, load_tokenizer
 from trainer.training.recipes import build_trainer
 

@@ -7,7 +7,9 @@ import pytest
 
 from tests.conftest import run_gpurun
 from tests.test_bad_tasks import edit_config
-from trainer.task.config import SCHEDULER_KWARGS, config_from_dict, tiny_module_names
+from trainer.builtin.tiny import tiny_module_names
+from trainer.task.loading import config_from_dict
+from trainer.task.schema import SCHEDULER_KWARGS
 
 
 def raw_line(old_start: str, new: str):

@@ -36,6 +36,7 @@ def latest_run_dir(project: Path, task: str) -> Path:
     return runs[0]
 
 
+@pytest.mark.smoke  # kept by `scripts/test.sh --fast`
 def test_four_user_commands_verbatim_over_ssh(ssh_project, host_workdir):
     push = run_gpurun(ssh_project, "push", "tasks/hr")
     assert push.returncode == 0, push.stderr

@@ -1,6 +1,6 @@
 """train.log is for people: no library noise in it, and the work after the last step says what it does.
 
-Library warnings, logging and progress bars go to debug.log beside train.log (trainer/quiet.py);
+Library warnings, logging and progress bars go to debug.log beside train.log (trainer/training/quiet.py);
 real errors and tracebacks stay in train.log.
 """
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.task.config import config_from_dict, config_to_dict
+from trainer.task.loading import config_from_dict, config_to_dict
 
 CHAT = [
     {

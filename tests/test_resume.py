@@ -232,7 +232,7 @@ def test_a_start_cut_off_after_the_run_began_is_found_and_trains_to_the_end(ssh_
 
 def test_a_resumed_run_takes_as_many_gpus_as_its_parent_unless_told():
     """The global batch is per-device batch x processes: a 2-GPU run resumed on 1 would train another schedule."""
-    from launcher.launch import resume_gpus
+    from launcher.resume import resume_gpus
 
     assert resume_gpus({"gpus": "0,1"}) == "2"
     assert resume_gpus({"gpus": "3,5,6"}) == "3"

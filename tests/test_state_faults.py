@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import REPO, run_gpurun
 from tests.test_lifecycle import host_events, last_step, start_long_run, status_of, trainer_pid, wait_for
-from trainer.host.hostside import checkpoint_bytes_needed, checkpoints_kept, trained_parameters
-from trainer.task.config import config_to_dict, load_task
+from trainer.host.checkpoint_size import checkpoint_bytes_needed, checkpoints_kept, trained_parameters
+from trainer.task.loading import config_to_dict, load_task
 
 
 def pid_info(run_dir: Path) -> dict:

@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import REPO
 from trainer.builtin.tiny import ensure_tiny
-from trainer.task.config import config_from_dict
-from trainer.task.data import load_task_data
+from trainer.task.loading import config_from_dict
+from trainer.task.splits import load_task_data
 from trainer.training.model import load_tokenizer
 from trainer.training.tokencache import cache_key, checked_tokens
 from trainer.training.tokens import mask_of, training_chat_template
@@ -142,7 +142,7 @@ def test_a_cache_that_cannot_be_written_costs_the_run_nothing(tmp_path, tokenize
 
 def run_twice(tmp_path: Path) -> list[Path]:
     """Two runs of one task in one host workdir, as `gpurun train` then `gpurun train` again would make them."""
-    from trainer.task.config import config_to_dict
+    from trainer.task.loading import config_to_dict
     from trainer.training.run import run
 
     workdir = tmp_path / "host"
