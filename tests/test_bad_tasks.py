@@ -49,8 +49,10 @@ def raw_yaml(text: str):
 
 
 def long_prompt_row(task: Path) -> None:
+    """A row max_length leaves nothing to train: refused with data.drop_long: false (by default it is dropped)."""
     with (task / "data" / "train.jsonl").open("a") as fh:
         fh.write(chat_row(("user", "please " * 1500), ("assistant", '{"name": "get_manager"}')) + "\n")
+    edit_config(data__drop_long=False)(task)
 
 
 def padding_free_with_a_long_row(task: Path) -> None:
@@ -118,7 +120,7 @@ CASES = [
         replace_line("data/test.jsonl", 2, chat_row(("user", "hi"), ("assistant", "x"))),
         "data/test.jsonl:2: the last assistant turn holds no `tool_calls`, so there is no call to score",
     ),
-    ("answer cut off by max_length", long_prompt_row, "every trained token lies beyond max_length 1300"),
+    ("answer cut off by max_length, drop_long off", long_prompt_row, "every trained token lies beyond max_length 1300"),
     ("padding-free cannot truncate", padding_free_with_a_long_row, "training.padding_free: 1 example(s) exceed"),
 ]
 

@@ -10,8 +10,9 @@ import pytest
 
 from tests.test_recipes import events_of, train_recipe
 from trainer.builtin.tiny import ensure_tiny
-from trainer.task.config import TaskError, config_from_dict
-from trainer.task.data import load_task_data
+from trainer.task.loading import config_from_dict
+from trainer.task.problems import TaskError
+from trainer.task.splits import load_task_data
 from trainer.training.model import load_model, load_tokenizer
 from trainer.training.recipes import build_trainer
 
@@ -201,10 +202,6 @@ BAD_ROWS = {
             "tools": TOOLS,
         },
         "messages[1].tool_calls[0]: the arguments of 'get_payslip' are not valid JSON: Expecting value (column 11)",
-    ),
-    "call without tools": (
-        {k: v for k, v in TRL_TOOLS_ROW.items() if k != "tools"},
-        "messages[1].tool_calls[0]: calls 'get_payslip' but the row has no `tools` list naming the functions",
     ),
     "bad function_call": (
         {"tools": "[]", "conversations": [{"from": "human", "value": "x"}, {"from": "function_call", "value": "{"}]},
