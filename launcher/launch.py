@@ -82,7 +82,8 @@ def plan_task_push(root: Path, task: str | None, host_name: str | None) -> TaskP
 
 def push(root: Path, pushing: TaskPush, on_progress=None) -> str:
     """Mirror a task (checked by plan_task_push: nothing is pushed for an invalid one) to the host."""
-    dest = push_task(remote_for(pushing.host), pushing.task_dir, on_progress, pushing.data_files)
+    remote = remote_for(pushing.host)
+    dest = push_task(remote, pushing.task_dir, on_progress, pushing.data_files, held=pushing.plan.held)
     remember_task(root, pushing.task_dir, History(root))
     return dest
 
