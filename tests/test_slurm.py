@@ -269,15 +269,16 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_resumes_and_succeeds_wi
     slurm_project, host_workdir, cluster
 ):
     # Slurm checks time limits every 30 s and sends the --signal once fewer than lead + 30 s are left: with a
-    # 2-minute limit and a 60 s lead it comes 30-60 s into each attempt, while the first one still runs: 300 steps,
-    # then samples and the eval suite, take over 70 s on an idle 2-core machine (and far longer on a busy one).
-    steps = 300
+    # 2-minute limit and a 60 s lead it comes 30-60 s into each attempt, while the first one still runs: 150 steps of
+    # builtin:tiny v7 (4 layers, 3x v6's work a step), then samples and the eval suite, take over 70 s on an idle
+    # 2-core machine (and far longer on a busy one).
+    steps = 150
     project = slurm_project(steps=steps, time="2", signal_lead=60)
     sets = [
         "--set",
-        "training.save_steps=100",
+        "training.save_steps=50",
         "--set",
-        "training.eval_steps=100",
+        "training.eval_steps=50",
         "--set",
         "training.logging_steps=10",
     ]

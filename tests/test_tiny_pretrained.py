@@ -45,3 +45,17 @@ def test_the_pretraining_corpus_holds_none_of_the_hr_functions_the_demo_must_lea
     hr |= {"list_holidays", "get_manager", "submit_expense"}
     assert len(GENERIC_FUNCTIONS) > 20
     assert not hr & set(GENERIC_FUNCTIONS)
+
+
+def test_the_pretraining_chats_never_word_a_request_as_the_hr_task_does():
+    import json
+    import random
+
+    from trainer.builtin.corpus import generic_chat
+
+    words = ["leave", "salary", "payslip", "expense", "holiday", "address", "manager", "day off", "hr "]
+    words += ["假", "工资", "报销", "住址", "经理", "节假日", "薪"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = json.dumps(generic_chat(rng, p_echo=0.2, max_tools=9), ensure_ascii=False).lower()
+        assert not [w for w in words if w in text], text

@@ -1,7 +1,8 @@
-"""The generic chats builtin:tiny is pretrained on when it is built (trainer/tiny.py): requests for weather, email,
-alarms, currency, ... in English and Chinese, each answered with one tool call whose arguments come from the
-request's own words, or a plain reply. Never the HR functions of tasks/hr or their wording: the demo's LoRA must
-learn those, and its eval suite compares with this base.
+"""The generic chats builtin:tiny is pretrained on (trainer/builtin/pretrain.py, once, offline): requests for weather,
+hotels, transfers, budgets, alarms, currency, ... in English and Chinese, each answered with one tool call whose
+arguments come from the request's own words (dates, months, amounts, names, cities, enums), or a plain reply that
+repeats them. Never the HR functions of tasks/hr or their wording: the demo's LoRA must learn those, and its eval
+suite compares with this base (tests/test_tiny_pretrained.py checks both).
 """
 
 import json
@@ -418,6 +419,241 @@ def g_pop(r):
     return r.choice([f"{y}年{zh}有多少人口？", f"查一下{zh}{y}年的人口。"]), {"city": zh, "year": y}
 
 
+# ---- v7: more functions whose arguments are copied from the request (two dates, amounts, months, enums) ----------
+_ACTIVITIES = {"running": "跑步", "cycling": "骑车", "swimming": "游泳", "yoga": "瑜伽"}
+_BUDGETS = {"groceries": "买菜", "fuel": "油费", "rent": "房租", "travel": "旅行"}
+_CLINICS = {"dentist": "牙科", "eye": "眼科", "skin": "皮肤科", "heart": "心内科"}
+_PLANS = {"basic": "基础", "pro": "专业", "family": "家庭"}
+_SEATS = {"window": "靠窗", "aisle": "过道", "middle": "中间"}
+_CHARITIES = ["Red Cross", "UNICEF", "Save the Children", "WWF", "希望工程", "壹基金"]
+
+
+def _two_dates(r):
+    """Two dates in order, often the same day or a few days apart (as trips and bookings are)."""
+    y, m, d = r.randint(2024, 2029), r.randint(1, 12), r.randint(1, 28)
+    first = f"{y}-{m:02d}-{d:02d}"
+    if r.random() < 0.3:
+        return first, first
+    gap = r.randint(1, 12)
+    d2, m2, y2 = d + gap, m, y
+    if d2 > 28:
+        d2, m2 = d2 - 28, m + 1
+        if m2 > 12:
+            m2, y2 = 1, y + 1
+    return first, f"{y2}-{m2:02d}-{d2:02d}"
+
+
+def _amount(r):
+    return r.choice([r.randint(5, 99), r.randint(100, 999), r.randint(1000, 9999), r.randint(1, 50) * 10])
+
+
+@_generic("book_hotel", {"city": _STR, "check_in": _DATE, "check_out": _DATE})
+def g_hotel(r):
+    en, zh = r.choice(_CITIES)
+    a, b = _two_dates(r)
+    if r.random() < 0.5:
+        return r.choice(
+            [
+                f"Book a hotel in {en} from {a} to {b}.",
+                f"I need a room in {en}, check in {a}, check out {b}.",
+                f"Find me a hotel in {en}: {a} until {b}.",
+            ]
+        ), {"city": en, "check_in": a, "check_out": b}
+    return r.choice([f"帮我订{zh}的酒店，{a}入住，{b}退房。", f"我要在{zh}住酒店，从{a}到{b}。"]), {
+        "city": zh,
+        "check_in": a,
+        "check_out": b,
+    }
+
+
+@_generic("rent_car", {"city": _STR, "start_date": _DATE, "end_date": _DATE})
+def g_car(r):
+    en, zh = r.choice(_CITIES)
+    a, b = _two_dates(r)
+    if r.random() < 0.5:
+        return r.choice(
+            [
+                f"Rent a car in {en} from {a} to {b}.",
+                f"I want a rental car in {en}, pick up {a}, return {b}.",
+                f"Car hire in {en}: start {a}, end {b}.",
+            ]
+        ), {"city": en, "start_date": a, "end_date": b}
+    return r.choice([f"我想在{zh}租车，从{a}到{b}。", f"{zh}租一辆车，{a}至{b}。"]), {
+        "city": zh,
+        "start_date": a,
+        "end_date": b,
+    }
+
+
+@_generic("plan_trip", {"destination": _STR, "start_date": _DATE, "end_date": _DATE})
+def g_trip(r):
+    en, zh = r.choice(_CITIES)
+    a, b = _two_dates(r)
+    if r.random() < 0.5:
+        return r.choice(
+            [
+                f"Plan a trip to {en} from {a} to {b}.",
+                f"I'm visiting {en}, {a} until {b}. Make an itinerary.",
+                f"Trip to {en}: start {a}, end {b}.",
+            ]
+        ), {"destination": en, "start_date": a, "end_date": b}
+    return r.choice([f"帮我规划{zh}旅行，从{a}到{b}。", f"我{a}至{b}去{zh}玩，做个行程。"]), {
+        "destination": zh,
+        "start_date": a,
+        "end_date": b,
+    }
+
+
+@_generic(
+    "pause_subscription", {"plan": {"type": "string", "enum": list(_PLANS)}, "start_date": _DATE, "end_date": _DATE}
+)
+def g_pause(r):
+    k = r.choice(list(_PLANS))
+    a, b = _two_dates(r)
+    return _either(
+        r,
+        [f"Pause my {k} plan from {a} to {b}.", f"Suspend the {k} subscription: start {a}, end {b}."],
+        [f"暂停我的{_PLANS[k]}套餐，从{a}到{b}。", f"{_PLANS[k]}会员{a}至{b}暂停。"],
+    ), {"plan": k, "start_date": a, "end_date": b}
+
+
+@_generic("cancel_reservation", {"date": _DATE})
+def g_cancel(r):
+    d = _date(r)
+    return _either(
+        r,
+        [f"Cancel my restaurant reservation on {d}.", f"Call off the dinner booking for {d}.", f"Drop my {d} table."],
+        [f"取消我{d}的餐厅预订。", f"{d}的订座不要了，帮我取消。"],
+    ), {"date": d}
+
+
+@_generic("unsubscribe", {"since": _DATE})
+def g_unsub(r):
+    d = _date(r)
+    return _either(
+        r,
+        [f"Stop the newsletter that started on {d}.", f"Unsubscribe me from the mailing list I joined on {d}."],
+        [f"退订我{d}开始订阅的邮件。", f"{d}订的推送不要了。"],
+    ), {"since": d}
+
+
+@_generic("transfer_money", {"to": _STR, "amount": _NUM})
+def g_transfer(r):
+    n, a = r.choice(_NAMES), _amount(r)
+    return _either(
+        r,
+        [f"Send {a} yuan to {n}.", f"Transfer {a} dollars to {n}.", f"Pay {n} {a}."],
+        [f"给{n}转账{a}元。", f"转{a}块钱给{n}。"],
+    ), {"to": n, "amount": a}
+
+
+@_generic("donate", {"charity": _STR, "amount": _NUM})
+def g_donate(r):
+    c, a = r.choice(_CHARITIES), _amount(r)
+    return _either(
+        r,
+        [f"Donate {a} to {c}.", f"Give {a} yuan to {c}."],
+        [f"向{c}捐款{a}元。", f"给{c}捐{a}块。"],
+    ), {"charity": c, "amount": a}
+
+
+@_generic("set_budget", {"category": {"type": "string", "enum": list(_BUDGETS)}, "amount": _NUM})
+def g_budget(r):
+    k, a = r.choice(list(_BUDGETS)), _amount(r)
+    return _either(
+        r,
+        [f"Set my {k} budget to {a} yuan.", f"Limit {k} spending to {a} a month.", f"Budget {a} for {k}."],
+        [f"把{_BUDGETS[k]}预算设为{a}元。", f"每月{_BUDGETS[k]}最多花{a}元。"],
+    ), {"category": k, "amount": a}
+
+
+@_generic("log_workout", {"activity": {"type": "string", "enum": list(_ACTIVITIES)}, "minutes": _INT})
+def g_workout(r):
+    k, n = r.choice(list(_ACTIVITIES)), r.randint(5, 180)
+    return _either(
+        r,
+        [f"Log {n} minutes of {k}.", f"I did {k} for {n} minutes today."],
+        [f"记录{_ACTIVITIES[k]}{n}分钟。", f"我今天{_ACTIVITIES[k]}了{n}分钟。"],
+    ), {"activity": k, "minutes": n}
+
+
+@_generic("book_doctor", {"department": {"type": "string", "enum": list(_CLINICS)}, "date": _DATE})
+def g_doctor(r):
+    k, d = r.choice(list(_CLINICS)), _date(r)
+    return _either(
+        r,
+        [f"Book a {k} appointment on {d}.", f"I need to see the {k} doctor on {d}."],
+        [f"帮我挂{d}的{_CLINICS[k]}号。", f"预约{d}{_CLINICS[k]}门诊。"],
+    ), {"department": k, "date": d}
+
+
+@_generic("choose_seat", {"seat": {"type": "string", "enum": list(_SEATS)}, "date": _DATE})
+def g_seat(r):
+    k, d = r.choice(list(_SEATS)), _date(r)
+    return _either(
+        r,
+        [f"Give me an {k} seat on {d}." if k[0] in "aeiou" else f"Give me a {k} seat on {d}.", f"Seat for {d}: {k}."],
+        [f"{d}的座位要{_SEATS[k]}的。", f"帮我选{d}{_SEATS[k]}座位。"],
+    ), {"seat": k, "date": d}
+
+
+@_generic("get_phone_bill", {"month": _MONTH})
+def g_phone(r):
+    m = _month(r)
+    return _either(
+        r,
+        [f"Show my phone bill for {m}.", f"How much was my phone bill in {m}?", f"{m} phone bill, please."],
+        [f"查询我{m}的话费。", f"{m}我的话费是多少？"],
+    ), {"month": m}
+
+
+@_generic("get_electricity_usage", {"month": _MONTH})
+def g_power(r):
+    m = _month(r)
+    return _either(
+        r,
+        [f"How much electricity did I use in {m}?", f"Power usage for {m}."],
+        [f"{m}我用了多少电？", f"查一下{m}的用电量。"],
+    ), {"month": m}
+
+
+@_generic("get_steps", {"date": _DATE})
+def g_steps(r):
+    d = _date(r)
+    return _either(
+        r,
+        [f"How many steps did I walk on {d}?", f"Step count for {d}."],
+        [f"我{d}走了多少步？", f"查一下{d}的步数。"],
+    ), {"date": d}
+
+
+@_generic("list_events", {"year": _INT})
+def g_events(r):
+    y = r.randint(2020, 2030)
+    return _either(
+        r,
+        [f"Which concerts are on in {y}?", f"List the festivals of {y}."],
+        [f"{y}年有哪些演唱会？", f"列出{y}年的音乐节。"],
+    ), {"year": y}
+
+
+@_generic("schedule_meeting", {"with": _STR, "date": _DATE, "time": _STR})
+def g_meeting(r):
+    n, d, t = r.choice(_NAMES), _date(r), _time(r)
+    return _either(
+        r,
+        [f"Set up a meeting with {n} on {d} at {t}.", f"Meet {n}, {d} {t}."],
+        [f"约{n}在{d} {t}开会。", f"{d}{t}和{n}开个会。"],
+    ), {"with": n, "date": d, "time": t}
+
+
+@_generic("get_wifi_password", {})
+def g_wifi(r):
+    return _either(
+        r, ["What's the wifi password?", "Tell me the wifi password."], ["无线网密码是多少？", "告诉我WiFi密码。"]
+    ), {}
+
+
 _SYSTEMS = [
     None,
     "You are a helpful assistant.",
@@ -427,32 +663,37 @@ _SYSTEMS = [
 ]
 
 
-def generic_chat(r, kmin=1, kmax=2, p_notools=0.7):
-    """(messages, tools or None): one generic chat drawn from the Random r."""
-    if r.random() < 0.12:
-        if r.random() < 0.5:
-            x = r.choice([_date(r), _month(r), str(r.randint(0, 99999)), _time(r)])
-            y = r.choice([_date(r), _month(r), r.choice(_NAMES), r.choice(_CITIES)[r.randint(0, 1)]])
-            return [
-                {
-                    "role": "user",
-                    "content": r.choice([f"Repeat after me: {x} {y}", f"请重复：{x}，{y}", f"Echo {x} then {y}."]),
-                },
-                {"role": "assistant", "content": f"{x} {y}"},
-            ], None
-        p = r.choice(_PHRASES)
-        n = r.choice(_NAMES)
-        user, reply = r.choice(
-            [
-                (f"Repeat after me: {p}", p),
-                (f"Say hello to {n}.", f"Hello, {n}!"),
-                (f"请重复：{p}", p),
-                (f"跟{n}打个招呼。", f"你好，{n}！"),
-            ]
-        )
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}], None
+def _value(r):
+    return r.choice([_date, _month, _time, lambda r: str(_amount(r)), lambda r: r.choice(_NAMES)])(r)
+
+
+def echo_chat(r):
+    """A chat whose reply repeats values from the request: the copying a call's arguments need, on its own."""
+    if r.random() < 0.75:
+        xs = [_value(r) for _ in range(r.randint(1, 4))]
+        said = " ".join(xs)
+        user = r.choice([f"Repeat after me: {said}", f"请重复：{said}", f"Echo {said}.", f"Say back: {said}"])
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": said}], None
+    p = r.choice(_PHRASES)
+    n = r.choice(_NAMES)
+    user, reply = r.choice(
+        [
+            (f"Repeat after me: {p}", p),
+            (f"Say hello to {n}.", f"Hello, {n}!"),
+            (f"请重复：{p}", p),
+            (f"跟{n}打个招呼。", f"你好，{n}！"),
+        ]
+    )
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}], None
+
+
+def generic_chat(r, p_echo=0.12, max_tools=9, p_notools=0.5):
+    """(messages, tools or None): one generic chat drawn from the Random r. With tools, 1 to max_tools functions
+    are offered (the one called among them), as a task's prompt offers its own."""
+    if r.random() < p_echo:
+        return echo_chat(r)
     names = list(GENERIC_FUNCTIONS)
-    k = r.randint(kmin, kmax)
+    k = r.randint(1, max_tools)
     chosen = r.sample(names, k)
     target = r.choice(chosen)
     prompt, args = GENERIC_FUNCTIONS[target][1](r)

@@ -1,34 +1,42 @@
-"""`base_model: builtin:tiny` — a tiny Qwen2-style model and BPE tokenizer, built (and briefly pretrained) on the spot.
+"""`base_model: builtin:tiny` — a tiny Qwen2-style model and BPE tokenizer, shipped pretrained in the package.
 
 Nothing can be downloaded in CI or on an air-gapped host, yet the whole loop (and every recipe)
-must train for real. This builds a deterministic few-layer model and a byte-level BPE tokenizer
-with a ChatML chat template carrying `{% generation %}` markers, pretrains the model for about half a
-minute on generic tool-calling chats (so that, like a real base model, it knows the format a task's
-LoRA builds on), and caches it on disk.
+must train for real. builtin:tiny is a four-layer model (hidden 128, about 0.9M parameters, 3.6 MB in fp32) with a
+byte-level BPE tokenizer and a ChatML chat template carrying `{% generation %}` markers, pretrained once offline by
+`python -m trainer.builtin.pretrain` on generic tool-calling chats (so that, like a real base model, it knows the
+format and copies dates and amounts from a request into a call's arguments). Its files sit in tiny-v<N>/ beside
+this module; first use copies them into the cache, atomically.
 
 The BPE is trained with exactly Qwen2's normalizer, split regex and byte-level decoder, because
 `AutoTokenizer` on a folder whose config says `qwen2` rebuilds the tokenizer with those; any other
-pre-tokenizer would silently change the token ids between building and loading.
+pre-tokenizer would silently change the token ids between building and loading. (build_tokenizer() builds the
+same vocabulary as every version before; the shipped tokenizer files are its output.)
 
 An adapter trained on it names `builtin-tiny-v<N>` as its base: a folder in the current directory, which
-`python -m trainer.tiny` builds there (the same shapes as on the host; the same bytes on the same CPU), so that
+`python -m trainer.tiny` copies there (the same bytes as on the host), so that
 `AutoPeftModelForCausalLM.from_pretrained(<pulled run>)` loads on the laptop too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from trainer.builtin.corpus import generic_chat
-
 # Bump when the built artifact changes, so stale caches are never reused.
-TINY_VERSION = "6"
+TINY_VERSION = "7"
 BUILTIN_PREFIX = "builtin:"
 KNOWN_BUILTINS = ("tiny",)
+TINY_BASE_MODEL = f"{BUILTIN_PREFIX}tiny"  # what a task's base_model says
+TINY_LAYERS = 4  # decoder layers; the task checks name them (tiny_module_names) without building the model
 LOCAL_TINY_DIR = f"builtin-tiny-v{TINY_VERSION}"  # the folder name in every cache, and in adapter_config.json
+# The pretrained weights and tokenizer, shipped in the package (written once by `python -m trainer.builtin.pretrain`).
+SHIPPED_TINY_DIR = Path(__file__).resolve().parent / f"tiny-v{TINY_VERSION}"
+# sha256 of SHIPPED_TINY_DIR/model.safetensors: a copy that differs is refused (and trainer_version, which hashes
+# the .py files, changes with the weights)
+TINY_SHA256 = "d1c56708f4eda9df7488768df0ee90071cad1915b21f759434d1164ffe51c4cc"
 
 QWEN2_SPLIT_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
@@ -127,78 +135,6 @@ _CORPUS_LINES = [
     ' {"year": {"type": "integer"}}}}} get_manager cancel_leave update_address get_payslip',
 ]
 
-# ---- A base model's general skills: pretraining on generic tool calls (the chats: trainer/tiny_corpus.py) -------
-# A random tiny model cannot learn the demo's tool calls with LoRA alone: LoRA adapts the attention it has, and a
-# random model has none worth adapting (it answered "<tool_call>\n<tool_call>\n..."). A real base model knows ChatML,
-# the tool-call syntax, and to take a call's arguments from the user's words. So the build pretrains for a few seconds
-# on generic requests (weather, email, alarms, currency, ...: never the HR functions or their wording), rendered by
-# the tiny's own template with tools, so that the demo's LoRA has the format to build on and the HR names to learn.
-
-# 400 steps of 8 chats: about 35-40 s on one thread of a small CPU. Measured with the demo's own LoRA recipe on its
-# first 20 test rows: the base model calls no HR function right (name 0.00), the trained one routes 0.55-0.75 of them.
-PRETRAIN_STEPS = 400
-PRETRAIN_BATCH = 8
-PRETRAIN_LR = 1e-2
-
-
-def _pretrain(model, tokenizer) -> None:
-    """Full-parameter training on generic chats, deterministic: fixed seeds and one thread (thread count changes
-    the order of float sums, so another count would build other bytes)."""
-    import math
-    import random
-
-    import torch
-
-    rng = random.Random(0)
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / PRETRAIN_STEPS))
-        )
-        model.train()
-        batches = []
-        # Chats of similar length share a batch (sorted within chunks of 16 batches): padding would cost a third.
-        while len(batches) < PRETRAIN_STEPS:
-            chunk = sorted((_encode(tokenizer, *generic_chat(rng)) for _ in range(16 * PRETRAIN_BATCH)), key=len)
-            chunk_batches = [chunk[i : i + PRETRAIN_BATCH] for i in range(0, len(chunk), PRETRAIN_BATCH)]
-            rng.shuffle(chunk_batches)
-            batches += chunk_batches
-        for step in range(PRETRAIN_STEPS):
-            ids, labels = _pad(batches[step], tokenizer.pad_token_id)
-            model(input_ids=ids, labels=labels).loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-        model.eval()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _encode(tokenizer, messages: list[dict], tools: list[dict] | None):
-    """(ids, labels): the loss on the assistant's turn only, as the task's SFT trains: the requests and the tool
-    schemas are noise to predict, and learning them cost the calls' accuracy in the measurements."""
-    import torch
-
-    out = tokenizer.apply_chat_template(
-        messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
-    ids = torch.tensor(out["input_ids"])
-    labels = ids.masked_fill(~torch.tensor(out["assistant_masks"]).bool(), -100)
-    return ids, labels
-
-
-def _pad(batch: list, pad_id: int):
-    import torch
-
-    length = max(len(ids) for ids, _ in batch)
-    ids = torch.stack([torch.nn.functional.pad(i, (0, length - len(i)), value=pad_id) for i, _ in batch])
-    labels = torch.stack([torch.nn.functional.pad(lab, (0, length - len(lab)), value=-100) for _, lab in batch])
-    return ids, labels
-
 
 def is_builtin(base_model: str) -> bool:
     return base_model.startswith(BUILTIN_PREFIX)
@@ -206,6 +142,16 @@ def is_builtin(base_model: str) -> bool:
 
 def builtin_name(base_model: str) -> str:
     return base_model[len(BUILTIN_PREFIX) :]
+
+
+def tiny_module_names() -> list[str]:
+    """The layers LoRA can adapt in builtin:tiny (two Qwen2 decoder layers, tied embeddings); a test holds them
+    to the built model's."""
+    names = ["model.embed_tokens", "lm_head"]
+    for i in range(TINY_LAYERS):
+        names += [f"model.layers.{i}.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        names += [f"model.layers.{i}.mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj")]
+    return names
 
 
 def default_cache_dir(fallback: Path | None = None) -> Path:
@@ -216,19 +162,25 @@ def default_cache_dir(fallback: Path | None = None) -> Path:
 
 
 def ensure_tiny(cache_dir: Path | None = None) -> Path:
-    """Return the folder of the built tiny model, building it once (atomically) if needed."""
+    """Return the folder of the tiny model, copying the shipped one there once (atomically) if needed."""
     cache_dir = Path(cache_dir or default_cache_dir())
     target = cache_dir / LOCAL_TINY_DIR
     if (target / "config.json").exists():
         return target
+    if not (SHIPPED_TINY_DIR / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"builtin:tiny's weights are missing from {SHIPPED_TINY_DIR}; "
+            "`python -m trainer.builtin.pretrain` writes them (about 20 minutes on one CPU thread)"
+        )
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache_dir))
     try:
-        _build_tokenizer().save_pretrained(staging)
-        tokenizer = _load_tokenizer(staging)  # as the trainer will load it: the ids it pretrains on are the ones used
-        model = _build_model(vocab_size=len(tokenizer))
-        _pretrain(model, tokenizer)
-        model.save_pretrained(staging)
+        for path in sorted(SHIPPED_TINY_DIR.iterdir()):
+            if path.is_file():
+                shutil.copyfile(path, staging / path.name)
+        digest = hashlib.sha256((staging / "model.safetensors").read_bytes()).hexdigest()
+        if digest != TINY_SHA256:
+            raise RuntimeError(f"builtin:tiny's weights in {SHIPPED_TINY_DIR} are not the ones shipped ({digest})")
         try:
             staging.rename(target)
         except OSError:  # another process won the race: its copy is identical
@@ -238,7 +190,7 @@ def ensure_tiny(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def _build_tokenizer():
+def build_tokenizer():
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -270,21 +222,15 @@ def _build_tokenizer():
     return fast
 
 
-def _load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
-
-
-def _build_model(vocab_size: int):
+def build_model(vocab_size: int):
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     config = Qwen2Config(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=TINY_LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
