@@ -1,7 +1,7 @@
 """Several hosts, one run: a hosts.yaml entry `nodes: [a100-1, a100-2]` (or `--host a100-1,a100-2`).
 
 Every node gets the task and the trainer (in parallel), then its own detached wrapper that runs torchrun with the
-run's place among the nodes (trainer/workers.py torchrun_options). Node 0 comes first: its start picks the
+run's place among the nodes (trainer/host/torchrun.py). Node 0 comes first: its start picks the
 rendezvous port, free there, and its output is the run's (logs, events, adapter, checkpoints: `pull` takes it).
 No disk is shared: a resume copies node 0's checkpoint to the other nodes first.
 

@@ -130,6 +130,7 @@ class PushPlan:
     size: int
     largest: list[tuple[str, int]]
     excluded_large: list[tuple[str, int]]
+    held: tuple = ((), ())  # held_back's (files to send as content, mirror excludes): the push reuses it
 
 
 LARGE_EXCLUDED = 1 << 20  # excluded files from this size up are worth a mention
@@ -182,7 +183,7 @@ def plan_push(task_dir: Path, data_files=()) -> PushPlan:
     sends as content), with sizes."""
     task_dir = task_dir.resolve()
     included = mirrored_names(task_dir)
-    send, _ = held_back(task_dir, data_files, included)
+    send, excludes = held_back(task_dir, data_files, included)
     included |= set(send)
     sizes = {}
     for path in task_dir.rglob("*"):
@@ -197,17 +198,19 @@ def plan_push(task_dir: Path, data_files=()) -> PushPlan:
         if name not in included and size >= LARGE_EXCLUDED and not name.startswith("runs/")
     }
     by_size = sorted(sent.items(), key=lambda item: -item[1])
-    return PushPlan(len(sent), sum(sent.values()), by_size[:3], sorted(excluded.items(), key=lambda i: -i[1])[:5])
+    excluded_large = sorted(excluded.items(), key=lambda i: -i[1])[:5]
+    return PushPlan(len(sent), sum(sent.values()), by_size[:3], excluded_large, (send, excludes))
 
 
-def push_task(remote: Remote, task_dir: Path, on_progress=None, data_files=()) -> str:
+def push_task(remote: Remote, task_dir: Path, on_progress=None, data_files=(), held: tuple | None = None) -> str:
     """Mirror the task dir to <workdir>/tasks/<task>/; returns the host path.
 
     The data files task.yaml names always arrive as content (held_back): what validate read is what the
-    host trains on. They go in a second transfer only when the mirror would not carry them."""
+    host trains on. They go in a second transfer only when the mirror would not carry them. `held`: held_back's
+    answer as a plan (plan_push) just worked it out, so that the push does not list the folder again."""
     name = task_name_of(task_dir)
     dest = remote.path("tasks", name)
-    send, held_excludes = held_back(task_dir, data_files)
+    send, held_excludes = held if held is not None else held_back(task_dir, data_files)
     argv = rsync_argv(
         f"{task_dir.resolve()}/",
         remote.rsync_path(dest + "/"),
