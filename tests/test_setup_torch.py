@@ -232,6 +232,9 @@ def test_ctrl_c_stops_pip_on_the_host_and_leaves_the_venv_unused(bare_hosts, tmp
             text=True,
             env={**os.environ, "COLUMNS": "250"},
             start_new_session=True,
+            # As from a terminal: a suite started in the background by a non-interactive shell inherits SIGINT
+            # ignored, and Python then never raises KeyboardInterrupt (gpurun would not see the Ctrl-C at all).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             wait_for(lambda: pips_of(venv) and index.accepted, 120, "pip to hang on the silent index")
