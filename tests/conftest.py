@@ -68,6 +68,8 @@ KIND_OF_FIXTURE = {
 def pytest_collection_modifyitems(config, items):
     for item in items:
         kinds = {kind for name, kind in KIND_OF_FIXTURE.items() if name in getattr(item, "fixturenames", ())}
+        # A test that trains without the fixtures (it makes its own model cache) says so with a marker of the kind.
+        kinds |= {mark.name for mark in item.iter_markers() if mark.name in KIND_OF_FIXTURE.values()}
         for kind in sorted(kinds):
             item.add_marker(kind)
         if not kinds or item.get_closest_marker("smoke"):

@@ -2,14 +2,11 @@
 
 import json
 
-import pytest
-
 from tests.conftest import run_gpurun
 from tests.test_lifecycle import wait_for
 from tests.test_loop_ssh import latest_run_dir, load_and_generate
 
 
-@pytest.mark.smoke  # kept by `scripts/test.sh --fast`
 def test_local_host_runs_the_whole_loop(local_project):
     assert run_gpurun(local_project, "push", "tasks/demo").returncode == 0
     train = run_gpurun(local_project, "train")  # the task pushed last, on the default host

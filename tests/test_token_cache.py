@@ -174,6 +174,7 @@ def test_a_second_run_of_the_same_data_trains_on_the_cached_tokens_and_says_so(t
     assert len(losses(first)) == 2 and losses(second) == losses(first)  # the same tokens, the same labels
 
 
+@pytest.mark.trains  # builds its own model cache: not for --fast
 def test_the_data_path_benchmark_runs_end_to_end_on_a_few_rows(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "data_path.py"), "--rows", "16", "--kind", "chat"],
