@@ -55,7 +55,7 @@ def test_stop_checkpoints_and_resume_matches_the_uninterrupted_run(ssh_project, 
 
     # Schedule-shape changes are refused, naming the key and both values, before anything starts.
     for setting, shown in (
-        ("training.per_device_train_batch_size=2", "per_device_train_batch_size: 4 → 2"),
+        ("training.per_device_train_batch_size=2", "per_device_train_batch_size: 1 → 2"),
         ("training.max_steps=20", f"max_steps: {total} → 20"),
         ("training.lr_scheduler_type=linear", "lr_scheduler_type: 'cosine' → 'linear'"),
     ):

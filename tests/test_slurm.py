@@ -157,10 +157,9 @@ def cluster(tmp_path_factory):
 def slurm_project(tmp_path, sshd, model_cache, host_workdir, cluster):
     """A project whose `cluster` host is the test cluster's login node (the test sshd), with `slurm:` settings."""
 
-    def make(steps: int = 6, **slurm) -> Path:
-        entry = sshd.host_entry(
-            host_workdir, env={"GPURUN_CACHE": str(model_cache), **cluster.env}, scheduler="slurm", slurm=slurm
-        )
+    def make(steps: int = 6, env: dict | None = None, **slurm) -> Path:
+        env = {"GPURUN_CACHE": str(model_cache), **cluster.env, **(env or {})}
+        entry = sshd.host_entry(host_workdir, env=env, scheduler="slurm", slurm=slurm)
         return write_project(tmp_path / "project", {"cluster": entry}, default="cluster", task_name="hr", steps=steps)
 
     yield make
@@ -269,11 +268,10 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_resumes_and_succeeds_wi
     slurm_project, host_workdir, cluster
 ):
     # Slurm checks time limits every 30 s and sends the --signal once fewer than lead + 30 s are left: with a
-    # 2-minute limit and a 60 s lead it comes 30-60 s into each attempt, while the first one still runs: 150 steps of
-    # builtin:tiny v7 (4 layers, 3x v6's work a step), then samples and the eval suite, take over 70 s on an idle
-    # 2-core machine (and far longer on a busy one).
+    # 2-minute limit and a 60 s lead it comes 30-60 s into each attempt, while the first one still runs: 150 steps
+    # that each also sleep 0.5 s (GPURUN_TEST_STEP_SECONDS) last over 75 s, and leave the CPU to the other worker.
     steps = 150
-    project = slurm_project(steps=steps, time="2", signal_lead=60)
+    project = slurm_project(steps=steps, env={"GPURUN_TEST_STEP_SECONDS": "0.5"}, time="2", signal_lead=60)
     sets = [
         "--set",
         "training.save_steps=50",

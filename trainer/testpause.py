@@ -9,6 +9,10 @@ Standard library only: the host's start reads it too (set it in the host's `env:
     reply         host's `start`, after the run began, before it replies
 
 While it holds, it says `gpurun: test pause at STEP` on stderr (the laptop's; the host's goes back over ssh).
+
+GPURUN_TEST_STEP_SECONDS=SECONDS: every training step also waits that long. Tests of a run's life (killed, stopped,
+dropped, requeued at a time limit) need a run that lasts, not one that burns both cores: a sleeping step leaves the
+CPU to the suite's other worker. The steps still train.
 """
 
 import os
@@ -16,6 +20,7 @@ import sys
 import time
 
 PAUSE_ENV = "GPURUN_TEST_PAUSE"
+STEP_SECONDS_ENV = "GPURUN_TEST_STEP_SECONDS"
 
 
 def hold(step: str) -> None:
@@ -26,3 +31,10 @@ def hold(step: str) -> None:
     sys.stderr.write(f"gpurun: test pause at {step}\n")
     sys.stderr.flush()
     time.sleep(float(seconds or 0))
+
+
+def step_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(STEP_SECONDS_ENV, "") or 0))
+    except ValueError:
+        return 0.0

@@ -103,6 +103,19 @@ def stop_callback(requested):
     return StopCallback()
 
 
+def slow_steps_callback(seconds: float):
+    """Each step also sleeps `seconds` (GPURUN_TEST_STEP_SECONDS, tests only: see trainer/testpause.py)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class SlowSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(seconds)
+
+    return SlowSteps()
+
+
 def _any_process(flag: bool, device) -> bool:
     """With several DDP processes, true if any got the signal: they must stop at the same step, or the
     ones still training would wait forever in a collective for the ones that left."""

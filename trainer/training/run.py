@@ -22,7 +22,8 @@ from trainer.task.loading import config_from_dict
 from trainer.task.problems import TaskError
 from trainer.task.schema import TaskConfig
 from trainer.task.splits import load_task_data
-from trainer.training.callbacks import events_callback, phase_progress, stop_callback
+from trainer.testpause import step_seconds
+from trainer.training.callbacks import events_callback, phase_progress, slow_steps_callback, stop_callback
 from trainer.training.model import load_model, load_tokenizer, name_the_base, resolve_base_model
 from trainer.training.quiet import debug_log_name, route_library_noise
 from trainer.training.tryout import eval_suite_beside_base, write_sample_replies
@@ -262,6 +263,8 @@ def train(run: Run) -> None:
 
     run.stopper = stop_callback(lambda: run.stop.requested)
     callbacks = [events_callback(run.events, lambda ckpt: name_the_base(ckpt, run.config)), run.stopper]
+    if step_seconds():
+        callbacks.append(slow_steps_callback(step_seconds()))
     run.trainer = build_trainer(
         run.config,
         run.model,
