@@ -116,7 +116,10 @@ def push(task, host):
     "--resume", "resume", metavar="RUN", help="Continue RUN from its latest complete checkpoint, with its config."
 )
 @click.option(
-    "--force", is_flag=True, help="Use GPUs someone holds; with --resume, allow a --set that changes the schedule."
+    "--force",
+    is_flag=True,
+    help="Use GPUs someone holds, start a run the memory pre-flight says won't fit; with --resume, allow a --set "
+    "that changes the schedule.",
 )
 def train(task, host, gpus, overrides, experiment, resume, force):
     """Check the task, sync it, and start the trainer on the host, detached. Returns at once.
@@ -341,7 +344,9 @@ def merge(run):
 @click.option("--exp", "experiment", help="Check with tasks/<task>/experiments/<NAME>.yaml overlaid.")
 @click.option("--show", default=0, metavar="N", help="Render N examples with the trained tokens highlighted.")
 @click.option("--strict", is_flag=True, help="Exit 1 on any warning too (notices, truncated examples): for CI.")
-def validate(task, overrides, experiment, show, strict):
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Estimate the peak memory of one process there.")
+@click.option("--gpu-memory", metavar="SIZE", help="Estimate for a GPU with SIZE free (24GB); exit 1 if it won't fit.")
+def validate(task, overrides, experiment, show, strict, device, gpu_memory):
     """Check a task's config and every data row, on this machine, without touching a host.
 
     TASK defaults to the task pushed (or trained) last.
@@ -354,6 +359,7 @@ def validate(task, overrides, experiment, show, strict):
       gpurun validate tasks/hr --set training.learning_rate=1e-4
       gpurun validate tasks/demo --show 2
       gpurun validate tasks/hr --strict
+      gpurun validate tasks/hr --gpu-memory 24GB
     """
     from launcher.checks import check_task, token_checks, warnings_of
     from launcher.launch import resolve_task_dir
@@ -378,6 +384,11 @@ def validate(task, overrides, experiment, show, strict):
         console.print("token checks: the training stack is not installed here; the host runs them")
     else:
         console.print(token_report_text(report))
+    if device or gpu_memory:
+        from launcher.fit import memory_line
+
+        longest = (report or {}).get("lengths", {}).get("max")
+        console.print(memory_line(config, longest, device or "cuda", gpu_memory))
     warnings = warnings_of(checked, report)
     if strict and warnings:
         raise GpurunError(

@@ -124,6 +124,7 @@ def _run(run_dir: Path) -> int:
         find_checkpoint,
         prepare_base_and_tokenizer,
         check_tokens,
+        fit_in_memory,
         load_the_model,
         train,
         stopped_in_training,
@@ -237,6 +238,21 @@ def check_tokens(run: Run) -> int | None:
     problems += module_problems(config, run.base)  # lora.target_modules, from config.json before the weights download
     if problems:
         return fail(run.events, problems, "token")
+    return None
+
+
+def fit_in_memory(run: Run) -> int | None:
+    """The peak memory one process will need (trainer/training/memory.py), said before the weights load; on a GPU,
+    a run that cannot fit in its free memory is refused with the changes that would fit, unless started --force."""
+    from trainer.training.fitting import memory_preflight
+
+    said = memory_preflight(run.config, run.base, run.tokenized, run.world, run.record.get("force", False))
+    if said is None:
+        return None
+    line, refusal = said
+    print(f"memory: {line}", flush=True)
+    if refusal is not None:
+        return refuse(run.events, [refusal])
     return None
 
 
