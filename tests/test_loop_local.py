@@ -13,6 +13,10 @@ def test_local_host_runs_the_whole_loop(local_project):
     assert train.returncode == 0, train.stderr
     logs = run_gpurun(local_project, "logs", "-f")
     assert logs.returncode == 0, logs.stdout + logs.stderr
+    # The memory pre-flight, before the weights load: its breakdown and the CPU's total (tests/test_memory_estimate.py
+    # holds the formula against the profiler).
+    assert "memory: weights " in logs.stdout and "per process (estimate; CPU)" in logs.stdout, logs.stdout
+    assert logs.stdout.index("memory: weights") < logs.stdout.index("[log] step 1/")
     pull = run_gpurun(local_project, "pull")
     assert pull.returncode == 0, pull.stderr
     run_dir = latest_run_dir(local_project, "demo")

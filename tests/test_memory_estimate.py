@@ -97,3 +97,26 @@ def test_the_breakdown_sums_to_its_total_and_says_the_free_memory():
     line = guess.line(23.6 * GB, "GPU 0")
     assert line.startswith("weights 14.2 GB · ") and line.endswith("of 23.6 GB free on GPU 0"), line
     assert "context 0.6 GB" in line
+
+
+def test_validate_estimates_for_a_gpu_and_refuses_one_too_small_with_the_changes_that_fit(local_project):
+    from tests.conftest import run_gpurun
+
+    fits = run_gpurun(local_project, "validate", "tasks/demo", "--gpu-memory", "24GB")
+    assert fits.returncode == 0, fits.stderr
+    assert "memory: weights " in fits.stdout and "of 24.0 GB free (estimate)" in fits.stdout, fits.stdout
+    cpu = run_gpurun(local_project, "validate", "tasks/demo", "--device", "cpu")
+    assert "per process, on the CPU (estimate)" in cpu.stdout, cpu.stdout
+
+    four = ("--set", "training.per_device_train_batch_size=4")  # the demo's own batch (conftest's tasks train 1)
+    small = run_gpurun(local_project, "validate", "tasks/demo", *four, "--gpu-memory", "0.3GB")
+    assert small.returncode == 1
+    said = small.stderr
+    assert "Error: memory: the run needs about 0.8 GB a GPU and 0.3 GB are free" in said, said
+    # One row a step with 4x the accumulation: the same effective batch.
+    batch = "--set training.per_device_train_batch_size=1 --set training.gradient_accumulation_steps=4 → "
+    assert batch in said and "start anyway with gpurun train --force" in said, said
+    assert "Traceback" not in said
+
+    wrong = run_gpurun(local_project, "validate", "tasks/demo", "--gpu-memory", "lots")
+    assert wrong.returncode == 1 and "--gpu-memory: 'lots' is not a size" in wrong.stderr, wrong.stderr

@@ -17,15 +17,18 @@ LOG_FILE = "train.log"
 EVENTS_FILE = "events.jsonl"
 WRAPPER_LOG = "wrapper.log"
 OUTPUT_DIR = "output"
+SPLIT_FILE = "split.json"  # the batch split a restart after running out of memory trains with
 LOG_FILES = (LOG_FILE, EVENTS_FILE, RUN_FILE)  # what `pull` brings home beside output/
 
 EXIT_STOPPED = 128 + signal.SIGTERM  # 143: the trainer saved a checkpoint and stopped when asked
 EXIT_KILLED = 128 + signal.SIGKILL  # 137
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_OOM_RESTART = 75  # out of memory, a smaller split in SPLIT_FILE: the wrapper starts it again (EX_TEMPFAIL)
 
 # events.jsonl's kinds (one JSON object per line; see trainer/events.py)
 EVENT_KINDS = (
     "start",
+    "memory",  # the memory pre-flight's estimate (bytes), before the weights load
     "train_begin",
     "log",
     "eval",
@@ -34,6 +37,7 @@ EVENT_KINDS = (
     "phase",
     "eval_suite",
     "stopped",
+    "oom",  # out of memory: the split it restarts with
     "error",
     "done",
 )

@@ -26,6 +26,7 @@ from trainer.rundir import (
     ENV_FILE,
     EVENTS_FILE,
     EXIT_FILE,
+    EXIT_OOM_RESTART,
     EXIT_STOPPED,
     LOG_FILE,
     OUTPUT_DIR,
@@ -57,6 +58,9 @@ def cmd_wrap(args: list[str]) -> int:
     else:
         count, nodes = process_count(record.get("gpus")), record.get("nodes")
         exit_code = run_workers(argv, env, count, run_dir, LOG_FILE, lock_fds, stopping, nodes=nodes)
+        # Out of memory: the trainer recorded a smaller split (trainer/training/oom.py); all of it starts again.
+        while exit_code == EXIT_OOM_RESTART and not stopping and not (run_dir / STOP_FILE).exists():
+            exit_code = run_workers(argv, env, count, run_dir, LOG_FILE, lock_fds, stopping, nodes=nodes)
     record_end(run_dir, exit_code)
     return 0
 

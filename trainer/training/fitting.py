@@ -4,10 +4,23 @@ tokenized data, free memory from CUDA; the formula itself is trainer/training/me
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 
 from trainer.task.problems import Problem
 from trainer.task.schema import TaskConfig
-from trainer.training.memory import GB, ModelShape, advice, estimate, setup_for
+from trainer.training.memory import GB, Estimate, ModelShape, advice, estimate, setup_for
+
+
+@dataclass
+class Preflight:
+    line: str  # train.log's `memory:` line
+    estimate: Estimate
+    free: float | None  # bytes free on this process's GPU; None on the CPU
+    refusal: Problem | None = None
+
+    def event(self) -> dict:
+        """The `memory` event's fields (bytes)."""
+        return {**asdict(self.estimate), "total": self.estimate.total, "free": self.free}
 
 
 def model_shape(name_or_path: str) -> ModelShape | None:
@@ -28,8 +41,8 @@ def longest_row(tokenized) -> int:
     return int(pc.max(pc.list_value_length(column)).as_py() or 0)
 
 
-def memory_preflight(config: TaskConfig, base: str, tokenized, world: int, force: bool):
-    """(the estimate's line, a refusal or None), or None when there is nothing to estimate (not SFT, unknown model)."""
+def memory_preflight(config: TaskConfig, base: str, tokenized, world: int, force: bool) -> Preflight | None:
+    """None when there is nothing to estimate (not SFT, a model the formula does not know)."""
     import torch
 
     from trainer.training.model import shards_weights
@@ -46,14 +59,14 @@ def memory_preflight(config: TaskConfig, base: str, tokenized, world: int, force
     setup = setup_for(resolved, longest_row(tokenized), cuda, shards)
     guess = estimate(shape, setup)
     if not cuda:
-        return f"{guess.line()} per process (estimate; CPU)", None
+        return Preflight(f"{guess.line()} per process (estimate; CPU)", guess, None)
     device = int(os.environ.get("LOCAL_RANK", "0"))
     free = float(torch.cuda.mem_get_info(device)[0])
     line = guess.line(free, f"GPU {device}")
     if guess.total <= free or force:
-        return line + (" (--force)" if guess.total > free else ""), None
+        return Preflight(line + (" (--force)" if guess.total > free else ""), guess, free)
     changes = advice(shape, setup, resolved.training.gradient_accumulation_steps, free)
-    return line, unfit(guess.total, free, changes)
+    return Preflight(line, guess, free, unfit(guess.total, free, changes))
 
 
 def unfit(needed: float, free: float, changes: list[str]) -> Problem:

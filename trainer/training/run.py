@@ -25,6 +25,7 @@ from trainer.task.splits import load_task_data
 from trainer.testpause import step_seconds
 from trainer.training.callbacks import events_callback, phase_progress, slow_steps_callback, stop_callback
 from trainer.training.model import load_model, load_tokenizer, name_the_base, resolve_base_model
+from trainer.training.oom import apply_split, inject_oom, out_of_memory
 from trainer.training.quiet import debug_log_name, route_library_noise
 from trainer.training.tryout import eval_suite_beside_base, write_sample_replies
 
@@ -174,6 +175,10 @@ def read_task_and_data(run: Run) -> int | None:
     """The task, checked again here: the host's files are what will actually be trained on."""
     run.config = config_from_dict(run.record["config"])
     run.task_dir = run.workdir / "tasks" / run.record["task"]
+    split = apply_split(run.run_dir, run.config)
+    if split is not None:
+        batch, accumulation = split["per_device_train_batch_size"], split["gradient_accumulation_steps"]
+        print(f"split after running out of memory: per-device batch {batch}, accumulation {accumulation}", flush=True)
     from trainer.training.recipes import host_problems
 
     refused = host_problems(run.config, run.task_dir)  # distributed.strategy against this host: CUDA, deepspeed
@@ -246,13 +251,13 @@ def fit_in_memory(run: Run) -> int | None:
     a run that cannot fit in its free memory is refused with the changes that would fit, unless started --force."""
     from trainer.training.fitting import memory_preflight
 
-    said = memory_preflight(run.config, run.base, run.tokenized, run.world, run.record.get("force", False))
-    if said is None:
+    checked = memory_preflight(run.config, run.base, run.tokenized, run.world, run.record.get("force", False))
+    if checked is None:
         return None
-    line, refusal = said
-    print(f"memory: {line}", flush=True)
-    if refusal is not None:
-        return refuse(run.events, [refusal])
+    print(f"memory: {checked.line}", flush=True)
+    run.events.emit("memory", **checked.event())
+    if checked.refusal is not None:
+        return refuse(run.events, [checked.refusal])
     return None
 
 
@@ -274,7 +279,10 @@ def load_the_model(run: Run) -> int | None:
     return None
 
 
-def train(run: Run) -> None:
+def train(run: Run) -> int | None:
+    """Train. Out of memory: the exit code that has the wrapper restart it smaller (trainer/training/oom.py)."""
+    import torch
+
     from trainer.training.recipes import build_trainer
 
     run.stopper = stop_callback(lambda: run.stop.requested)
@@ -291,7 +299,11 @@ def train(run: Run) -> None:
         run.tokenized,
         task_dir=run.task_dir,
     )
-    run.result = run.trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+    inject_oom(run.trainer.model)
+    try:
+        run.result = run.trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+    except torch.OutOfMemoryError:
+        return out_of_memory(run.run_dir, run.events, run.config, run.trainer.state.global_step + 1, run.rank)
     if os.environ.get(DIGEST_ENV):
         write_trained_digest(run.trainer.model, run.run_dir / f"trained_digest.rank{run.rank}")
 
