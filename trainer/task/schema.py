@@ -171,8 +171,13 @@ class TrainingConfig:
     """Longest tokenized example; longer ones are truncated."""
     packing: bool = False
     """Pack several short examples into one sequence."""
-    padding_free: bool = False
-    """Batch without padding (flattened sequences with position ids)."""
+    padding_free: bool | None = None
+    """Batch without padding (flattened sequences with position ids); unset: on for SFT with FlashAttention."""
+    attn_implementation: str = "auto"
+    """Attention kernel: auto (FlashAttention where the host has it and a GPU it runs on, else sdpa), sdpa, eager,
+    flash_attention_2, flash_attention_3, or a Hub kernel such as kernels-community/flash-attn2."""
+    liger: bool | None = None
+    """Liger's fused layer kernels; unset: on with CUDA when liger-kernel is installed."""
     lr_scheduler_kwargs: dict = field(default_factory=dict)
     """Extra scheduler arguments, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr."""
     logging_steps: int = 10

@@ -67,6 +67,8 @@ def load_model(config: TaskConfig, name_or_path: str, num_labels: int | None = N
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs = {"dtype": torch_dtype(config)}
+    if config.training.attn_implementation != "auto":  # decided for this host (trainer/training/kernels.py)
+        kwargs["attn_implementation"] = config.training.attn_implementation
     quant = quantization_config(config)
     if quant is not None:
         kwargs["quantization_config"] = quant

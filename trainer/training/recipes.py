@@ -53,7 +53,29 @@ def on_this_machine(config: TaskConfig) -> TaskConfig:
         t.bf16 = gpu and not t.fp16 and torch.cuda.is_bf16_supported()
     if t.gradient_checkpointing is None:
         t.gradient_checkpointing = gpu
+    kernel_choices(config)
     return config
+
+
+def kernel_choices(config: TaskConfig) -> list[str]:
+    """Attention, Liger and padding-free decided for this machine (trainer/training/kernels.py), in place; the
+    lines that say what was chosen and why (empty once decided)."""
+    import torch
+
+    from trainer.training.kernels import attention_choice, gpu_capability, liger_choice, padding_free_choice
+
+    t, said = config.training, []
+    gpu = torch.cuda.is_available()
+    if t.attn_implementation == "auto":
+        t.attn_implementation, why = attention_choice("auto", gpu, gpu_capability())
+        said.append(f"attention: {t.attn_implementation} ({why})")
+    if t.liger is None:
+        t.liger, why = liger_choice(None, gpu)
+        said.append(f"liger kernels: {'on' if t.liger else 'off'} ({why})")
+    if t.padding_free is None:
+        t.padding_free, why = padding_free_choice(None, t.attn_implementation, config.task, t.packing)
+        said.append(f"padding-free batches: {'on' if t.padding_free else 'off'} ({why})")
+    return said
 
 
 def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
@@ -84,6 +106,7 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
         # Several GPUs run one process each (DDP). LoRA leaves no trainable parameter unused, and the
         # extra graph walk that looking for them costs is wasted; reentrant checkpointing breaks DDP.
         ddp_find_unused_parameters=False,
+        use_liger_kernel=bool(t.liger),
         # transformers 5's name for it: the old `gradient_checkpointing` (which TRL's configs still default
         # to True) gives a FutureWarning unless this one is set.
         activation_checkpointing=t.gradient_checkpointing,
@@ -135,10 +158,10 @@ def host_problems(config: TaskConfig, task_dir: Path) -> list[Problem]:
 
     import torch
 
+    problems = gpu_kernel_problems(config.training, torch.cuda.is_available())
     d = config.distributed
     if d.strategy == "ddp":
-        return []
-    problems = []
+        return problems
     if d.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         hint = "pip install deepspeed into the host's Python, or use strategy: fsdp"
         problems.append(Problem("", "deepspeed is not installed on this host; strategy deepspeed needs it", hint))
@@ -149,6 +172,21 @@ def host_problems(config: TaskConfig, task_dir: Path) -> list[Problem]:
         hint = "train on a host with NVIDIA GPUs, or remove distributed.strategy (ddp) to train on this one"
         problems.append(Problem("", message, hint))
     return problems + deepspeed_file_problems(config, task_dir)
+
+
+def gpu_kernel_problems(t, cuda: bool) -> list[Problem]:
+    """A GPU-only kernel the task asks for by name, on a host without CUDA: said before anything loads ("auto"
+    falls back by itself)."""
+    if cuda:
+        return []
+    hint = "train on a host with an NVIDIA GPU, or leave it unset (auto) to fall back here"
+    problems = []
+    if t.attn_implementation.startswith(("flash_attention", "kernels-community/flash")):
+        message = f"attn_implementation {t.attn_implementation} needs CUDA and this host has none"
+        problems.append(Problem("training.attn_implementation", message, hint))
+    if t.liger:
+        problems.append(Problem("training.liger", "Liger's kernels need CUDA and this host has none", hint))
+    return problems
 
 
 def build_trainer(

@@ -216,8 +216,10 @@ def find_checkpoint(run: Run) -> int | None:
 def prepare_base_and_tokenizer(run: Run) -> None:
     """bf16 and checkpointing decided for this machine (when the task leaves them unset), the base model found
     (builtin:tiny built into the cache), and its tokenizer loaded."""
-    from trainer.training.recipes import on_this_machine
+    from trainer.training.recipes import kernel_choices, on_this_machine
 
+    for line in kernel_choices(run.config):  # before on_this_machine decides them silently
+        print(line, flush=True)
     t = on_this_machine(run.config).training
     print(
         f"bf16: {'on' if t.bf16 else 'off'}, gradient checkpointing: {'on' if t.gradient_checkpointing else 'off'}",

@@ -1,0 +1,50 @@
+"""Fast by default on a GPU, chosen on the host (issue 15 item 4): the attention kernel, Liger's kernels and
+padding-free batching, each an ordinary task.yaml key whose unset/`auto` value is decided here, with the reason said
+once in train.log. On a host without CUDA every GPU-only choice falls back: sdpa, no Liger, padded batches.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+FLASH = ("flash_attention_2", "flash_attention_3")  # what TRL lists as safe for padding-free batches
+
+
+def attention_choice(requested: str, cuda: bool, capability: int = 0, has=importlib.util.find_spec) -> tuple[str, str]:
+    """(the attn_implementation to load with, why). `capability`: the GPU's compute capability major (8 = Ampere)."""
+    if requested != "auto":
+        return requested, "set in the task"
+    if not cuda:
+        return "sdpa", "auto: no CUDA here, and FlashAttention needs an NVIDIA GPU"
+    if capability < 8:
+        return "sdpa", f"auto: FlashAttention needs an Ampere or newer GPU (compute capability {capability}.x here)"
+    if capability >= 9 and has("flash_attn_interface") is not None:
+        return "flash_attention_3", "auto: flash_attn_interface (FlashAttention 3) is installed on this Hopper GPU"
+    if has("flash_attn") is not None:
+        return "flash_attention_2", "auto: the flash_attn package is installed"
+    return "sdpa", "auto: no flash_attn package on this host (gpurun setup --fast installs it where a wheel exists)"
+
+
+def liger_choice(requested: bool | None, cuda: bool, has=importlib.util.find_spec) -> tuple[bool, str]:
+    if requested is not None:
+        return requested, "set in the task"
+    if not cuda:
+        return False, "auto: no CUDA here (Liger's kernels are Triton, GPU-only)"
+    if has("liger_kernel") is None:
+        return False, "auto: liger-kernel is not installed (gpurun setup --fast installs it)"
+    # TRL keeps its own chunked loss head and applies only Liger's layer kernels: the two never both fuse the loss.
+    return True, "auto: liger-kernel is installed (its layer kernels; TRL's chunked loss stays)"
+
+
+def padding_free_choice(requested: bool | None, attention: str, task: str, packing: bool) -> tuple[bool, str]:
+    if requested is not None:
+        return requested, "set in the task"
+    if task == "sft" and not packing and attention in FLASH:
+        return True, f"auto: {attention} keeps the rows of a padding-free batch apart"
+    return False, "auto: only with FlashAttention, which keeps the rows of a batch apart without padding"
+
+
+def gpu_capability() -> int:
+    import torch
+
+    return torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 0
