@@ -39,6 +39,7 @@ class ModelShape:
     vocab: int
     tied: bool
     attention_bias: bool
+    head_dim: int = 0  # 0: hidden / heads (Qwen3 and Gemma set it apart)
 
     @classmethod
     def from_config(cls, config: dict) -> ModelShape:
@@ -53,20 +54,29 @@ class ModelShape:
             vocab=int(config["vocab_size"]),
             tied=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
+            head_dim=int(config.get("head_dim") or 0),
         )
 
     @property
+    def head(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def q(self) -> int:
+        return self.head * self.heads
+
+    @property
     def kv(self) -> int:
-        return self.hidden // self.heads * self.kv_heads
+        return self.head * self.kv_heads
 
     def linears(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer."""
-        h, kv, i = self.hidden, self.kv, self.intermediate
+        h, q, kv, i = self.hidden, self.q, self.kv, self.intermediate
         return {
-            "q_proj": (h, h),
+            "q_proj": (h, q),
             "k_proj": (h, kv),
             "v_proj": (h, kv),
-            "o_proj": (h, h),
+            "o_proj": (q, h),
             "gate_proj": (h, i),
             "up_proj": (h, i),
             "down_proj": (i, h),
@@ -77,7 +87,7 @@ class ModelShape:
 
     def other_params(self) -> int:
         """Embeddings, LM head, norms and biases: what quantization leaves in the compute dtype."""
-        bias = (self.hidden + 2 * self.kv) if self.attention_bias else 0
+        bias = (self.q + 2 * self.kv) if self.attention_bias else 0
         per_layer = 2 * self.hidden + bias
         embeddings = self.vocab * self.hidden * (1 if self.tied else 2)
         return embeddings + self.layers * per_layer + self.hidden
@@ -202,11 +212,11 @@ def _loss_head(shape: ModelShape, setup: Setup, tokens: int) -> float:
 
 def _layer_activations(shape: ModelShape, setup: Setup) -> float:
     """Bytes autograd keeps per token for one decoder layer."""
-    a, h, kv, i = setup.dtype_bytes, shape.hidden, shape.kv, shape.intermediate
+    a, h, q, kv, i = setup.dtype_bytes, shape.hidden, shape.q, shape.kv, shape.intermediate
     # Two norms' inputs and outputs (h each), q and k after RoPE, v, the attention output and its softmax
     # statistics, the MLP's gate, up, act(gate) and their product (i each). Trainable base weights make autograd
     # keep about 1.5 h more (measured: tests/test_memory_estimate.py).
-    kept = (6 * h + 2 * kv + 4 * i) * a
+    kept = (4 * h + 2 * q + 2 * kv + 4 * i) * a
     if setup.lora_r is None:
         kept += 1.5 * h * a
     if setup.lora_r is not None and setup.lora_dropout:
