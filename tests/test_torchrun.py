@@ -170,3 +170,19 @@ def test_torchruns_agent_killed_alone_leaves_a_running_run_that_stop_ends_with_a
     assert len(stopped) == 1 and (run_dir / "output" / stopped[0]["checkpoint"] / COMPLETE_MARKER).exists()
     assert (run_dir / "exit_code").read_text() == "143\n"  # the wrapper's record, from the workers' own word
     assert processes_of(run_dir) == []
+
+
+def test_the_failure_named_is_the_cause_not_torchruns_sigterm_to_the_peers():
+    from types import SimpleNamespace
+
+    from trainer.host.torchrun import first_failure
+
+    def failure(code: int, at: float):
+        return SimpleNamespace(exitcode=code, timestamp=at)
+
+    # Rank 1 was killed (-9); torchrun then sent SIGTERM to rank 0, whose error file can carry an earlier time.
+    assert first_failure({0: failure(-signal.SIGTERM, 10.0), 1: failure(-signal.SIGKILL, 11.0)})[0] == 1
+    # Rank 1 raised (exit 1); rank 0 was terminated by torchrun because of it.
+    assert first_failure({0: failure(-signal.SIGTERM, 10.0), 1: failure(1, 11.0)})[0] == 1
+    # Two exits: the earliest.
+    assert first_failure({0: failure(1, 12.0), 1: failure(1, 11.0)})[0] == 1

@@ -231,9 +231,16 @@ def _forward_stops(run_dir: Path, stopping: threading.Event) -> None:
 
 
 def first_failure(failures: dict) -> tuple[int, object]:
-    """The cause among torchrun's failures: a death by signal before an exit (the peers of a killed worker exit
-    with errors a moment later because it left), then the earliest, then the lowest rank."""
-    rank = min(failures, key=lambda r: (failures[r].exitcode >= 0, failures[r].timestamp, r))
+    """The cause among torchrun's failures: a death by signal (the peers of a killed worker exit with errors a
+    moment later because it left), then an exit, then a SIGTERM (torchrun's own, to the peers of a failed worker:
+    a consequence, whose timestamp can still come first); the earliest, then the lowest rank."""
+
+    def order(rank: int) -> tuple:
+        code = failures[rank].exitcode
+        kind = 2 if code == -signal.SIGTERM else 0 if code < 0 else 1
+        return kind, failures[rank].timestamp, rank
+
+    rank = min(failures, key=order)
     return rank, failures[rank]
 
 
