@@ -1,14 +1,18 @@
-"""gpurun against plain TRL on a host with NVIDIA GPUs: tokens/s, peak memory and loss, side by side.
+"""The table that decides gpurun's defaults on a GPU (issue 15 item 5): plain TRL as its docs run it, TRL as a careful
+user tunes it, and gpurun with its defaults, on the same model, rows, LoRA and steps.
 
-    python bench/gpu.py                                   (on the GPU host, after `bash scripts/setup.sh`
-    python bench/gpu.py --model Qwen/Qwen2.5-0.5B-Instruct --steps 60      with a CUDA torch, see README)
+    python bench/gpu.py                      (on the GPU host, after `bash scripts/setup.sh` with a CUDA torch)
+    python bench/gpu.py --models Qwen/Qwen2.5-0.5B-Instruct --steps 30 --adapters lora
+    python bench/gpu.py --dry-run            (anywhere: print the plan and exit 2)
 
-Runs the same public model on the same generated chat rows with the same LoRA settings, once with plain TRL
-(an SFTTrainer script started by torchrun, the way TRL's docs run it) and once with gpurun (`gpurun train` on the
-`local` host, then `gpurun logs -f`), on one GPU and on all GPUs (DDP, and FSDP where gpurun's `distributed`
-section offers it). Tokens/s is samples/s times the rows' mean token count (the same rows on both sides); peak
-memory is torch's max_memory_allocated of rank 0. Nothing here asserts: read the numbers. Without a GPU it says
-so and exits 2 (no model is downloaded first).
+Engines: `trl` (an SFTTrainer script started by torchrun, TRL's defaults), `trl-tuned` (the same with
+FlashAttention 2, padding-free batches and Liger's kernels, where installed), `gpurun` (`gpurun train` on the
+`local` host, then `gpurun logs -f`). For each model (0.5B and 4B Qwen by default), adapter (LoRA, QLoRA) and
+GPU count (one, all): tokens/s and trained tokens/s (samples/s times the rows' mean token and reply-token counts:
+the same rows on every side), peak memory (torch's max_memory_allocated, rank 0), gpurun's memory estimate for it
+(trainer/training/memory.py), final loss, and MFU (6 x parameters x tokens/s over the GPUs' bf16 peak). Nothing here
+asserts: read the numbers. Without a GPU it prints the plan, says why nothing ran, and exits 2 (no download first).
+About 10 minutes on one 8-GPU A100/H100 host at the defaults.
 """
 
 from __future__ import annotations
@@ -37,10 +41,24 @@ rows = load_dataset("json", data_files=opts["data"], split="train")
 # FSDP2, full shard, each decoder layer wrapped: what transformers 5 documents (the string form is deprecated)
 fsdp_config = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "reshard_after_forward": True}
 fsdp = {"fsdp": True, "fsdp_config": fsdp_config} if opts["strategy"] == "fsdp" else {}
+init = {"dtype": torch.bfloat16}
+if opts["adapter"] == "qlora":
+    from transformers import BitsAndBytesConfig
+    init["quantization_config"] = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+tuned = {}
+if opts["engine"] == "trl-tuned":  # what a careful user adds, each only where the host has it
+    import importlib.util
+    if importlib.util.find_spec("flash_attn"):
+        init["attn_implementation"] = "flash_attention_2"
+        tuned["padding_free"] = True
+    if importlib.util.find_spec("liger_kernel"):
+        tuned["use_liger_kernel"] = True
 config = SFTConfig(
     output_dir=opts["out"], max_steps=opts["steps"], per_device_train_batch_size=opts["batch"],
     learning_rate=2e-4, bf16=True, logging_steps=10, save_strategy="no", report_to=[],
-    max_length=opts["max_length"], assistant_only_loss=True, model_init_kwargs={"dtype": torch.bfloat16}, **fsdp,
+    max_length=opts["max_length"], assistant_only_loss=True, model_init_kwargs=init, **fsdp, **tuned,
 )
 lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=opts["model"], args=config, train_dataset=rows, peft_config=lora)
@@ -121,7 +139,7 @@ def run_plain_trl(opts: dict, processes: int, work: Path) -> dict:
 
 def run_gpurun(opts: dict, processes: int, work: Path) -> dict:
     """`gpurun train` on the local host of a throwaway project, then `logs -f`; numbers from the run's events."""
-    project = work / f"gpurun-{processes}-{opts['strategy']}"
+    project = work / f"gpurun-{processes}-{opts['strategy']}-{opts.get('adapter', 'lora')}-{Path(opts['model']).name}"
     task = project / "tasks" / "bench"
     task.mkdir(parents=True)
     shutil.copy(opts["data"], task / "train.jsonl")
@@ -137,9 +155,10 @@ def run_gpurun(opts: dict, processes: int, work: Path) -> dict:
             "max_length": opts["max_length"],
             "logging_steps": 10,
             "save_strategy": "no",
-            "bf16": True,
-        },
+        },  # bf16, checkpointing, attention, padding-free and Liger: gpurun's own choices on the host
     }
+    if opts.get("adapter") == "qlora":
+        config["quantization"] = {"load_in_4bit": True, "bnb_4bit_compute_dtype": "bfloat16"}
     if opts["strategy"] != "ddp":
         config["distributed"] = {"strategy": opts["strategy"]}
     (task / "task.yaml").write_text(json.dumps(config))  # JSON is YAML
@@ -165,43 +184,131 @@ def fmt(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
+ENGINES = ("trl", "trl-tuned", "gpurun")
+# Dense bf16 peak TFLOP/s by the name nvidia-smi gives (no sparsity): MFU's denominator.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0, "4090": 165.0}
+
+
+def plan(models: list[str], adapters: list[str], gpus: int) -> list[dict]:
+    """Every row of the table, in the order it runs: per model, adapter and GPU count, each engine. `gpus` 0: not
+    known here (a dry run without GPUs): the all-GPU rows say "all"."""
+    counts: list = [1] + ([gpus] if gpus > 1 else ["all"] if gpus == 0 else [])
+    return [
+        {"model": m, "adapter": a, "processes": n, "engine": e}
+        for m in models
+        for a in adapters
+        for n in counts
+        for e in ENGINES
+    ]
+
+
+def print_plan(cases: list[dict], args) -> None:
+    print(f"plan: {len(cases)} runs of {args.steps} steps, {args.batch} rows of up to {args.max_length} tokens per GPU")
+    print(f"{'model':32} {'adapter':7} {'GPUs':>4} engine")
+    for case in cases:
+        print(f"{case['model']:32} {case['adapter']:7} {case['processes']:>4} {case['engine']}")
+
+
+def peak_tflops(names: list[str]) -> float | None:
+    for key, value in PEAK_TFLOPS.items():
+        if names and key in names[0]:
+            return value
+    return None
+
+
+def estimate_gb(model: str, adapter: str, batch: int, tokens: int) -> float | None:
+    """gpurun's pre-flight estimate for this row (one process), from the model's config.json."""
+    from transformers import AutoConfig
+
+    sys.path.insert(0, str(REPO))
+    from trainer.training.memory import ModelShape, Setup, estimate
+
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(model).to_dict())
+    setup = Setup(batch=batch, tokens=tokens, dtype_bytes=2, quant_bits=4 if adapter == "qlora" else None, cuda=True)
+    return estimate(shape, setup).total / 2**30
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--models", nargs="+", default=["Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen3-4B"])
+    parser.add_argument("--adapters", nargs="+", choices=["lora", "qlora"], default=["lora", "qlora"])
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit 2")
     args = parser.parse_args(argv)
-    reason = no_gpu_reason()
+    listed = nvidia_smi_gpus() or []
+    reason = "--dry-run" if args.dry_run else no_gpu_reason()
     if reason is not None:
-        print(f"bench/gpu.py: {reason}. Nothing was run; run it on a host with NVIDIA GPUs.", file=sys.stderr)
+        print_plan(plan(args.models, args.adapters, len(listed)), args)
+        why = "a dry run" if args.dry_run else reason
+        print(f"bench/gpu.py: {why}. Nothing was run; run it on a host with NVIDIA GPUs.", file=sys.stderr)
         return EXIT_NO_GPU
     import torch
 
     count = torch.cuda.device_count()
+    cases = plan(args.models, args.adapters, count)
+    print_plan(cases, args)
     work = Path(tempfile.mkdtemp(prefix="gpurun-bench-gpu-"))
     data = work / "train.jsonl"
     rows = chat_rows(args.rows)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tokens = mean_tokens(args.model, rows[:500], args.max_length)
-    setups = [(1, "ddp")] + ([(count, "ddp"), (count, "fsdp")] if count > 1 else [])
-    print(f"{args.model}, {args.steps} steps of {args.batch} rows per GPU, {tokens:.0f} tokens per row; {count} GPUs")
-    print(f"{'GPUs':>4} {'strategy':8} {'engine':8} {'tokens/s':>10} {'peak GB':>8} {'loss':>8} {'vs TRL':>7}")
-    for processes, strategy in setups:
-        opts = {**vars(args), "data": str(data), "out": str(work / "trl-out"), "strategy": strategy}
-        plain = run_plain_trl(opts, processes, work)
-        ours = run_gpurun(opts, processes, work)
-        for engine, result in (("TRL", plain), ("gpurun", ours)):
-            if "error" in result:
-                print(f"{processes:>4} {strategy:8} {engine:8} failed: {' '.join(result['error'])}")
-                continue
-            speed = result["samples_per_second"] * tokens if result["samples_per_second"] else None
-            base = plain.get("samples_per_second")
-            ratio = result["samples_per_second"] / base if base and result["samples_per_second"] else None
-            loss, peak = fmt(result["loss"], "8.4f"), fmt(result["peak_mem_gb"], "8.2f")
-            print(f"{processes:>4} {strategy:8} {engine:8} {fmt(speed, '10.0f')} {peak} {loss} {fmt(ratio, '7.2f')}")
+    peak = peak_tflops(listed)
+    head = f"{'model':28} {'adapter':7} {'GPUs':>4} {'engine':9} {'tok/s':>9} {'trained/s':>9} "
+    print(head + f"{'peak GB':>7} {'est GB':>6} {'loss':>7} {'MFU':>5} {'vs TRL':>6}")
+    baseline: dict = {}
+    for case in cases:
+        model, adapter, processes, engine = case["model"], case["adapter"], case["processes"], case["engine"]
+        tokens = mean_tokens(model, rows[:500], args.max_length)
+        trained = mean_reply_tokens(model, rows[:500])
+        opts = {**vars(args), "model": model, "data": str(data), "out": str(work / "trl-out"), "strategy": "ddp"}
+        opts.update(adapter=adapter, engine=engine)
+        run = run_gpurun if engine == "gpurun" else run_plain_trl
+        result = run(opts, processes, work)
+        where = f"{model[-28:]:28} {adapter:7} {processes:>4} {engine:9}"
+        if "error" in result:
+            print(f"{where} failed: {' '.join(result['error'])}")
+            continue
+        sps = result["samples_per_second"]
+        speed = sps * tokens if sps else None
+        if engine == "trl":
+            baseline[(model, adapter, processes)] = sps
+        base = baseline.get((model, adapter, processes))
+        params = parameter_count(model)
+        mfu = 6 * params * speed / (peak * 1e12 * processes) if speed and peak and params else None
+        estimate = estimate_gb(model, adapter, args.batch, args.max_length)
+        cells = [
+            fmt(speed, "9.0f"),
+            fmt(sps * trained if sps else None, "9.0f"),
+            fmt(result["peak_mem_gb"], "7.2f"),
+            fmt(estimate, "6.1f"),
+            fmt(result["loss"], "7.4f"),
+            fmt(mfu * 100 if mfu else None, "4.1f") + ("%" if mfu else ""),
+            fmt(sps / base if sps and base else None, "6.2f"),
+        ]
+        print(f"{where} " + " ".join(cells))
     return 0
+
+
+def mean_reply_tokens(model: str, rows: list[dict]) -> float:
+    """The tokens a row trains on (its assistant reply), on average."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    return sum(len(tokenizer(r["messages"][-1]["content"])["input_ids"]) + 1 for r in rows) / len(rows)
+
+
+def parameter_count(model: str) -> int | None:
+    from transformers import AutoConfig
+
+    sys.path.insert(0, str(REPO))
+    from trainer.training.memory import ModelShape
+
+    try:
+        return ModelShape.from_config(AutoConfig.from_pretrained(model).to_dict()).params()
+    except Exception:  # noqa: BLE001 - not a decoder the formula knows: no MFU column
+        return None
 
 
 if __name__ == "__main__":

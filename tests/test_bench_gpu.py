@@ -24,7 +24,21 @@ def test_without_nvidia_smi_the_gpu_bench_says_there_is_no_gpu_and_exits_2(tmp_p
         "bench/gpu.py: no NVIDIA GPU here: nvidia-smi is not installed. Nothing was run; "
         "run it on a host with NVIDIA GPUs."
     )
-    assert result.stdout == ""
+    # The plan it would run: 2 models x LoRA/QLoRA x one and all GPUs x 3 engines.
+    plan = result.stdout.splitlines()
+    assert plan[0] == "plan: 24 runs of 30 steps, 8 rows of up to 512 tokens per GPU", plan
+    rows = [line.split() for line in plan[2:]]
+    assert len(rows) == 24 and {r[3] for r in rows} == {"trl", "trl-tuned", "gpurun"}
+    assert {r[0] for r in rows} == {"Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen3-4B"}
+    assert {r[1] for r in rows} == {"lora", "qlora"} and {r[2] for r in rows} == {"1", "all"}
+
+
+def test_the_dry_run_prints_the_plan_and_exits_2_anywhere(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
+    argv = [sys.executable, str(REPO / "bench" / "gpu.py"), "--dry-run", "--models", "m", "--adapters", "qlora"]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2 and "a dry run. Nothing was run" in result.stderr, result.stderr
+    assert result.stdout.splitlines()[0] == "plan: 6 runs of 30 steps, 8 rows of up to 512 tokens per GPU"
 
 
 def test_a_driver_with_a_cpu_build_of_torch_is_named_as_such(tmp_path):
