@@ -21,6 +21,9 @@ class GpurunGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GpurunError as exc:
+            if _JSON["on"]:  # a script reads stdout: the error as JSON there too, the words on stderr as always
+                said = {"error": exc.message, "hint": exc.hint, "details": exc.details, "exit_code": exc.exit_code}
+                _emit_json(said)
             click.echo(f"Error: {exc.message}", err=True)
             for line in exc.details:
                 click.echo(f"  {line}", err=True)
@@ -64,10 +67,24 @@ def _open(run: str | None, allow_not_started: bool = False):
     return open_run(_root(), run, allow_not_started)
 
 
+_JSON = {"on": False}  # --json: stdout holds one JSON document and nothing else; every word goes to stderr
+JSON_HELP = "Print one JSON document on stdout (everything else on stderr)."
+
+
+def _json_mode(on: bool) -> None:
+    _JSON["on"] = on
+
+
+def _emit_json(value) -> None:
+    import json
+
+    click.echo(json.dumps(value, ensure_ascii=False, default=str))
+
+
 def _console(stderr: bool = False):
     from launcher.render import make_console
 
-    return make_console(stderr)
+    return make_console(stderr or _JSON["on"])
 
 
 def _progress(console, label: str):
@@ -121,7 +138,8 @@ def push(task, host):
     help="Use GPUs someone holds, start a run the memory pre-flight says won't fit; with --resume, allow a --set "
     "that changes the schedule.",
 )
-def train(task, host, gpus, overrides, experiment, resume, force):
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP + " The run id, host, GPUs.")
+def train(task, host, gpus, overrides, experiment, resume, force, as_json):
     """Check the task, sync it, and start the trainer on the host, detached. Returns at once.
 
     TASK defaults to the task pushed last. With --resume RUN: RUN's task, host and resolved config
@@ -136,6 +154,7 @@ def train(task, host, gpus, overrides, experiment, resume, force):
     """
     from launcher.launch import launch, resolve_train
 
+    _json_mode(as_json)
     root = _root()
     request = resolve_train(root, task, host, resume)
     parent = request.parent
@@ -161,6 +180,9 @@ def train(task, host, gpus, overrides, experiment, resume, force):
 
         console.print(resume_text(launched.resumed))
     console.print(f"follow it: gpurun logs -f {record.run_id}")
+    if as_json:
+        said = {"run_id": record.run_id, "host": record.host, "gpus": launched.gpus, "task": record.task}
+        _emit_json({**said, "slurm_job": launched.job_id, "resumed_from": parent.run_id if parent else None})
 
 
 @main.command()
@@ -246,7 +268,8 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
 
 @main.command()
 @click.argument("run", required=False)
-def status(run):
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def status(run, as_json):
     """Show a run's state (running / succeeded / failed / stopped / lost), as its host reports it.
 
     \b
@@ -256,7 +279,13 @@ def status(run):
     from launcher import control
     from launcher.render import runs_table
 
+    _json_mode(as_json)
     row, node_lines = control.status(_open(run, allow_not_started=True))
+    if as_json:
+        from launcher.render import json_row
+
+        _emit_json({**json_row(row), "nodes": node_lines})
+        return
     console = _console()
     console.print(runs_table([row]))
     for line in node_lines:
@@ -265,7 +294,8 @@ def status(run):
 
 @main.command()
 @click.option("--limit", default=20, show_default=True, help="How many runs to show, newest first.")
-def runs(limit):
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def runs(limit, as_json):
     """List this project's runs with their state from each host.
 
     \b
@@ -275,12 +305,18 @@ def runs(limit):
     from launcher.render import runs_table
     from launcher.runs import History, refresh_runs
 
+    _json_mode(as_json)
     root = _root()
 
     def warn(text: str) -> None:
         _console(stderr=True).print(f"[yellow]warning:[/] {text}")
 
     rows = [r.__dict__ for r in refresh_runs(root, History(root), limit, warn)]
+    if as_json:
+        from launcher.render import json_row
+
+        _emit_json([json_row(row) for row in rows])
+        return
     if not rows:
         _console().print("no runs yet: gpurun train tasks/demo")
         return
@@ -346,7 +382,8 @@ def merge(run):
 @click.option("--strict", is_flag=True, help="Exit 1 on any warning too (notices, truncated examples): for CI.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Estimate the peak memory of one process there.")
 @click.option("--gpu-memory", metavar="SIZE", help="Estimate for a GPU with SIZE free (24GB); exit 1 if it won't fit.")
-def validate(task, overrides, experiment, show, strict, device, gpu_memory):
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def validate(task, overrides, experiment, show, strict, device, gpu_memory, as_json):
     """Check a task's config and every data row, on this machine, without touching a host.
 
     TASK defaults to the task pushed (or trained) last.
@@ -366,6 +403,7 @@ def validate(task, overrides, experiment, show, strict, device, gpu_memory):
     from launcher.render import plain, token_report_text
     from launcher.runs import History
 
+    _json_mode(as_json)
     root = _root()
     task_dir = resolve_task_dir(root, task, History(root))
     checked = check_task(task_dir, overrides, experiment, root=root)
@@ -384,12 +422,18 @@ def validate(task, overrides, experiment, show, strict, device, gpu_memory):
         console.print("token checks: the training stack is not installed here; the host runs them")
     else:
         console.print(token_report_text(report))
+    memory = None
     if device or gpu_memory:
         from launcher.fit import memory_line
 
         longest = (report or {}).get("lengths", {}).get("max")
-        console.print(memory_line(config, longest, device or "cuda", gpu_memory))
+        memory = memory_line(config, longest, device or "cuda", gpu_memory)
+        console.print(memory)
     warnings = warnings_of(checked, report)
+    if as_json and not (strict and warnings):  # refused: the error is the one document (its details: the warnings)
+        said = {"task": str(task_dir), "kind": config.task, "base_model": config.base_model, "rows": checked.counts}
+        said.update(notices=checked.notices, warnings=warnings, tokens=report, memory=memory)
+        _emit_json({"ok": True, **said})
     if strict and warnings:
         raise GpurunError(
             f"--strict: {len(warnings)} warning(s)",

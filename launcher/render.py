@@ -250,8 +250,27 @@ def config_summary(experiment: str | None, overrides: list[str]) -> str:
     return " ".join(parts)
 
 
-def runs_table(rows: list[dict]) -> Table:
+def json_row(row: dict) -> dict:
+    """A run as `--json` gives it: the history's fields, overrides as a list."""
+    return {**row, "overrides": overrides_of(row)}
+
+
+def overrides_of(row: dict) -> list[str]:
     import json
+
+    return json.loads(row.get("overrides") or "[]")
+
+
+def split_note(split: str | None, config: str) -> str:
+    """The config column, with the batch split a run trains with after running out of memory."""
+    if not split:
+        return config
+    batch, _, accumulation = split.partition("x")
+    note = f"out of memory: batch {batch} x accumulation {accumulation}"
+    return f"{config} ({note})" if config else f"({note})"
+
+
+def runs_table(rows: list[dict]) -> Table:
     from pathlib import Path
 
     table = Table(title=None, show_lines=False)
@@ -275,7 +294,7 @@ def runs_table(rows: list[dict]) -> Table:
                 row.get("arguments_accuracy"),
                 row.get("baseline_arguments_accuracy"),
             ),
-            Text(config_summary(row.get("experiment"), json.loads(row.get("overrides") or "[]"))),
+            Text(split_note(row.get("split"), config_summary(row.get("experiment"), overrides_of(row)))),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
         )
     return table

@@ -56,6 +56,7 @@ class RunRecord:
     baseline_arguments_accuracy: float | None = None
     experiment: str | None = None  # --exp (a resumed run: its parent's)
     overrides: str | None = None  # the --set values in effect, a JSON list (a resumed run: its parent's + its own)
+    split: str | None = None  # per-device batch x accumulation after running out of memory ("2x8"), else None
 
     def override_list(self) -> list[str]:
         try:
@@ -102,7 +103,8 @@ class History:
     def update_state(self, run_id: str, state: dict) -> None:
         self.db.execute(
             "UPDATE runs SET state=?, exit_code=?, step=?, total_steps=?, loss=?, eval_loss=?, accuracy=?, "
-            "baseline_accuracy=?, arguments_accuracy=?, baseline_arguments_accuracy=?, updated_at=? WHERE run_id=?",
+            "baseline_accuracy=?, arguments_accuracy=?, baseline_arguments_accuracy=?, split=?, updated_at=? "
+            "WHERE run_id=?",
             (
                 state.get("state"),
                 state.get("exit_code"),
@@ -114,6 +116,7 @@ class History:
                 _num(state.get("baseline_accuracy")),
                 _num(state.get("arguments_accuracy")),
                 _num(state.get("baseline_arguments_accuracy")),
+                state.get("split"),
                 time.time(),
                 run_id,
             ),

@@ -69,7 +69,9 @@ def test_a_run_out_of_memory_restarts_with_half_the_batch_and_ends_as_that_split
     state = json.loads((run_dir / "output" / "trainer_state.json").read_text())
     assert state["global_step"] == 8  # the same step count: the schedule did not change
     assert final_loss(run_dir) == pytest.approx(final_loss(reference), rel=1e-4)
-    assert "succeeded" in run_gpurun(local_project, "status").stdout
+    status = run_gpurun(local_project, "status", run_dir.name, env={"COLUMNS": "250"})
+    assert "succeeded" in status.stdout, status.stdout
+    assert "(out of memory: batch 2 x accumulation 2)" in status.stdout, status.stdout  # the split that trained
 
 
 @pytest.mark.trains

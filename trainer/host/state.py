@@ -117,6 +117,8 @@ def progress(path: Path) -> dict:
             out["loss"] = event["loss"]
         if "eval_loss" in event:
             out["eval_loss"] = event["eval_loss"]
+        if event.get("kind") == "oom":  # the split it trains with since running out of memory
+            out["split"] = f"{event.get('per_device_train_batch_size')}x{event.get('gradient_accumulation_steps')}"
         if event.get("kind") == "eval_suite":
             out["accuracy"] = event.get("accuracy")
             out["baseline_accuracy"] = event.get("baseline_accuracy")

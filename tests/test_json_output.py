@@ -1,0 +1,44 @@
+"""`--json`: one JSON document on stdout and nothing else, every other word on stderr, the exit codes unchanged
+(issue 16 item 5). Each is parsed with json.loads in a project whose warnings fire: a row cut at max_length."""
+
+import json
+
+from tests.conftest import run_gpurun
+
+CUT = ("--set", "training.max_length=640")  # some demo rows are longer: a warning on every check
+
+
+def test_train_status_runs_and_validate_print_json_only(local_project):
+    validate = run_gpurun(local_project, "validate", "tasks/demo", *CUT, "--json")
+    assert validate.returncode == 0, validate.stderr
+    checked = json.loads(validate.stdout)
+    assert checked["ok"] is True and checked["rows"]["train"] == 320, checked
+    assert checked["warnings"] and "truncated" in validate.stderr, validate.stderr  # the words went to stderr
+    assert checked["tokens"]["max_length"] == 640
+
+    train = run_gpurun(local_project, "train", "tasks/demo", *CUT, "--set", "training.max_steps=2", "--json")
+    assert train.returncode == 0, train.stderr
+    started = json.loads(train.stdout)
+    assert started["host"] == "local" and started["task"] == "demo" and started["run_id"].startswith("demo-")
+    assert "follow it: gpurun logs -f" in train.stderr
+    assert run_gpurun(local_project, "logs", "-f").returncode == 0
+
+    status = run_gpurun(local_project, "status", started["run_id"], "--json")
+    assert status.returncode == 0, status.stderr
+    row = json.loads(status.stdout)
+    assert row["run_id"] == started["run_id"] and row["state"] == "succeeded" and row["step"] == 2, row
+    assert "training.max_length=640" in row["overrides"]
+
+    runs = run_gpurun(local_project, "runs", "--json")
+    assert [r["run_id"] for r in json.loads(runs.stdout)] == [started["run_id"]]
+
+
+def test_an_error_is_json_on_stdout_too_with_its_exit_code(local_project):
+    strict = run_gpurun(local_project, "validate", "tasks/demo", *CUT, "--strict", "--json")
+    assert strict.returncode == 1
+    said = json.loads(strict.stdout)  # one document: the error, its details the warnings
+    assert said["error"].startswith("--strict: ") and said["exit_code"] == 1 and said["hint"] and said["details"]
+    assert "Error: --strict" in strict.stderr
+
+    missing = run_gpurun(local_project, "status", "nosuchrun", "--json")
+    assert missing.returncode == 1 and json.loads(missing.stdout)["error"], missing.stdout + missing.stderr
