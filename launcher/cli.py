@@ -324,6 +324,37 @@ def runs(limit, as_json):
 
 
 @main.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option("--task", help="Compare the latest runs of this task (with --last).")
+@click.option("--last", default=5, show_default=True, help="How many of the latest runs, without RUNs named.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def compare(run_ids, task, last, as_json):
+    """Put runs side by side: the config keys that differ, steps, losses, eval-suite scores, time, peak memory.
+
+    Runs may be on different hosts; each host is asked once.
+
+    \b
+    Example:
+      gpurun compare hr-20260101-120000-ab12 hr-20260102-090000-cd34
+      gpurun compare --task hr --last 3
+    """
+    from launcher.compare import differing_keys, runs_to_compare, summaries
+    from launcher.render import compare_table
+    from launcher.runs import History, refresh_runs
+
+    _json_mode(as_json)
+    root = _root()
+    history = History(root)
+    refresh_runs(root, history, 500, lambda text: _console(stderr=True).print(f"[yellow]warning:[/] {text}"))
+    rows = summaries(root, runs_to_compare(history, run_ids, task, last))
+    differing = differing_keys(rows)
+    if as_json:
+        _emit_json({"differing": differing, "runs": rows})
+        return
+    _console().print(compare_table(rows, differing))
+
+
+@main.command()
 @click.argument("run", required=False)
 @click.option("--grace", default=60.0, show_default=True, help="Seconds to let the trainer save before SIGKILL.")
 def stop(run, grace):

@@ -93,6 +93,14 @@ def fetch_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[
     return {item["run_id"]: item for item in reply.about_runs()}
 
 
+def fetch_summaries(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[str, dict]:
+    """One round trip: what `compare` shows of several runs on one host (trainer/host/summary.py)."""
+    if not run_ids:
+        return {}
+    reply = call(remote, trainer_root, "summary", *(run_dir(remote, r) for r in run_ids))
+    return {item["run_id"]: item for item in reply.about_runs()}
+
+
 def settle_states(remote: Remote, trainer_root: str, run_ids: list[str]) -> dict[str, dict]:
     """The state of runs whose start never answered: running (or ended) if it began, else `not_started`,
     and then the host makes sure it never begins (see trainer/host/query.py)."""

@@ -401,3 +401,41 @@ def shown_path(root: Path, path: Path) -> str:
         return str(path.resolve().relative_to(root))
     except ValueError:
         return str(path)
+
+
+def compare_table(rows: list[dict], differing: list[str]) -> Table:
+    """gpurun compare: a row per run; the config keys that differ, then the figures."""
+    import json
+
+    table = Table(title=None, show_lines=False)
+    table.add_column("run", no_wrap=True)
+    for key in differing:
+        table.add_column(key.split(".", 1)[-1] if key.count(".") else key)
+    for column in ("state", "steps", "loss", "eval loss", "best eval", "accuracy", "time", "peak GB"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        from launcher.compare import flat
+
+        config = flat(row.get("config") or {})
+        runtime = row.get("train_runtime")
+        table.add_row(
+            row["run_id"],
+            *(
+                plain(json.dumps(config.get(key)) if isinstance(config.get(key), (list, dict)) else config.get(key))
+                for key in differing
+            ),
+            row.get("state") or "?",
+            str(row.get("step") or "-"),
+            fmt_num(row.get("train_loss")),
+            fmt_num(row.get("eval_loss")),
+            fmt_num(row.get("best_eval_loss")),
+            accuracy_text(
+                row.get("accuracy"),
+                row.get("baseline_accuracy"),
+                row.get("arguments_accuracy"),
+                row.get("baseline_arguments_accuracy"),
+            ),
+            f"{runtime:.0f} s" if isinstance(runtime, (int, float)) else "-",
+            fmt_num(row.get("peak_mem_gb")),
+        )
+    return table

@@ -32,6 +32,19 @@ def test_train_status_runs_and_validate_print_json_only(local_project):
     runs = run_gpurun(local_project, "runs", "--json")
     assert [r["run_id"] for r in json.loads(runs.stdout)] == [started["run_id"]]
 
+    # A second run with another learning rate: compare shows what differs and each run's figures.
+    other_lr = ("--set", "training.learning_rate=1e-3")
+    again = run_gpurun(local_project, "train", *CUT, "--set", "training.max_steps=2", *other_lr)
+    assert again.returncode == 0 and run_gpurun(local_project, "logs", "-f").returncode == 0, again.stderr
+    compared = run_gpurun(local_project, "compare", "--task", "demo", "--json")
+    assert compared.returncode == 0, compared.stderr
+    both = json.loads(compared.stdout)
+    assert both["differing"] == ["training.learning_rate"], both["differing"]
+    assert [r["run_id"] for r in both["runs"]][0] == started["run_id"]  # oldest first, as they were tried
+    assert all(r["step"] == 2 and r["eval_loss"] > 0 and r["best_eval_loss"] <= r["eval_loss"] for r in both["runs"])
+    table = run_gpurun(local_project, "compare", "--task", "demo")
+    assert "learning_rate" in table.stdout and "0.001" in table.stdout and "best eval" in table.stdout, table.stdout
+
 
 def test_an_error_is_json_on_stdout_too_with_its_exit_code(local_project):
     strict = run_gpurun(local_project, "validate", "tasks/demo", *CUT, "--strict", "--json")

@@ -1,4 +1,4 @@
-"""python -m trainer {run,validate,merge,setup,start,wrap,state,follow,stop} ... — the host side of gpurun.
+"""python -m trainer {run,validate,merge,setup,start,wrap,state,follow,stop,summary} ... — the host side of gpurun.
 
 Only `run`, `validate` and `merge` import the training stack; the rest are stdlib-only, so the
 launcher can ask a host for a run's state even where torch is not installed. When the host's
@@ -10,7 +10,7 @@ import os
 import sys
 
 NEEDS_STACK = ("run", "validate", "merge")
-HOST_COMMANDS = ("start", "wrap", "state", "follow", "stop")  # the launcher's job control, stdlib only
+HOST_COMMANDS = ("start", "wrap", "state", "follow", "stop", "summary")  # the launcher's job control, stdlib only
 REEXEC_ENV = "GPURUN_REEXEC"
 
 
