@@ -324,6 +324,38 @@ def runs(limit, as_json):
 
 
 @main.command()
+@click.argument("run")
+@click.argument("prompt", required=False)
+@click.option("--file", "file", metavar="PROMPTS", help="Ask each prompt of a .jsonl (prompt or chat rows) or .txt.")
+@click.option("--local", is_flag=True, help="Here, from the pulled run (needs the training stack and the base model).")
+@click.option("--max-new-tokens", default=128, show_default=True, help="Longest reply.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def infer(run, prompt, file, local, max_new_tokens, as_json):
+    """Ask a run's adapter: the reply and the tool call parsed from it, with the task's template and tools.
+
+    On the run's host by default (its base model is there); a stopped run answers from its latest checkpoint.
+
+    \b
+    Example:
+      gpurun infer hr-20260101-120000-ab12 "How many vacation days do I have left?"
+      gpurun infer hr-20260101-120000-ab12 --file prompts.jsonl
+    """
+    from launcher.infer import ask, read_prompts
+    from launcher.render import infer_table
+
+    _json_mode(as_json)
+    prompts = read_prompts(prompt, file)
+    opened = _open(run)
+    where = "here" if local else opened.record.host
+    with _console(stderr=True).status(f"asking {opened.record.run_id} on {where}…"):
+        answers = ask(opened, prompts, max_new_tokens, local)
+    if as_json:
+        _emit_json(answers)
+        return
+    _console().print(infer_table(answers))
+
+
+@main.command()
 @click.argument("run_ids", nargs=-1, metavar="[RUN]...")
 @click.option("--task", help="Compare the latest runs of this task (with --last).")
 @click.option("--last", default=5, show_default=True, help="How many of the latest runs, without RUNs named.")

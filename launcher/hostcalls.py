@@ -147,6 +147,18 @@ def merge_run(remote: Remote, trainer_root: str, run_id: str) -> str:
     return reply.lines[-1] if reply.lines else "merged"
 
 
+def infer_run(remote: Remote, trainer_root: str, request: dict) -> list[dict]:
+    """The adapter's replies (trainer/training/infer.py), one per prompt, in order."""
+    reply = call(remote, trainer_root, "infer", input=json.dumps(request), check=False)
+    answers = [item for item in reply.items if "reply" in item]
+    if reply.code != 0 or len(answers) != len(request["prompts"]):
+        said = next((item for item in reply.items if "error" in item), None)
+        if said is not None:
+            raise GpurunError(f"on {remote.host.name}: {said['error']}", said.get("hint", ""))
+        raise GpurunError(f"infer failed on {remote.host.name} ({reply.failure()})", "check the run: gpurun status")
+    return answers
+
+
 # ---------------------------------------------------------------- streams
 
 

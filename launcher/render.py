@@ -439,3 +439,24 @@ def compare_table(rows: list[dict], differing: list[str]) -> Table:
             fmt_num(row.get("peak_mem_gb")),
         )
     return table
+
+
+def infer_table(answers: list[dict]) -> Table | Text:
+    """One answer: the reply and its call as lines; several: a table."""
+    import json
+
+    def call_text(answer: dict) -> str:
+        calls = answer.get("calls") or []
+        return "; ".join(f"{c.get('name')}({json.dumps(c.get('arguments'), ensure_ascii=False)})" for c in calls)
+
+    if len(answers) == 1:
+        answer = answers[0]
+        text = Text(answer["reply"].strip() + "\n")
+        text.append(f"call: {call_text(answer) or 'none'}", style="bold" if answer.get("calls") else "yellow")
+        return text
+    table = Table(show_lines=True)
+    for column in ("prompt", "reply", "call"):
+        table.add_column(column)
+    for answer in answers:
+        table.add_row(plain(answer["prompt"]), plain(answer["reply"].strip()), plain(call_text(answer) or "-"))
+    return table

@@ -1,15 +1,15 @@
-"""python -m trainer {run,validate,merge,setup,start,wrap,state,follow,stop,summary} ... — the host side of gpurun.
+"""python -m trainer {run,validate,merge,infer,setup,start,wrap,state,follow,stop,summary} ...: the host side.
 
-Only `run`, `validate` and `merge` import the training stack; the rest are stdlib-only, so the
+Only `run`, `validate`, `merge` and `infer` import the training stack; the rest are stdlib-only, so the
 launcher can ask a host for a run's state even where torch is not installed. When the host's
-`python` lacks the stack, those three re-run themselves in the venv `gpurun setup` made.
+`python` lacks the stack, those four re-run themselves in the venv `gpurun setup` made.
 """
 
 import importlib
 import os
 import sys
 
-NEEDS_STACK = ("run", "validate", "merge")
+NEEDS_STACK = ("run", "validate", "merge", "infer")
 HOST_COMMANDS = ("start", "wrap", "state", "follow", "stop", "summary")  # the launcher's job control, stdlib only
 REEXEC_ENV = "GPURUN_REEXEC"
 
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.training.merge import merge
 
         return merge(rest[0])
+    if command == "infer":
+        from trainer.training.infer import main as infer
+
+        return infer(rest)
     if command == "validate":
         from trainer.training.validate import main as validate
 
