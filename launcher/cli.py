@@ -5,39 +5,21 @@ the sync and launch code) happens inside the command that needs it, so `gpurun -
 and never loads torch or an SSH library.
 """
 
-import os
 import sys
-from pathlib import Path
 
 import click
 
-from launcher.errors import EXIT_USER, GpurunError
-
-
-class GpurunGroup(click.Group):
-    """Turns GpurunError into `Error: …` / `Hint: …` on stderr and its exit code; never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except GpurunError as exc:
-            if _JSON["on"]:  # a script reads stdout: the error as JSON there too, the words on stderr as always
-                said = {"error": exc.message, "hint": exc.hint, "details": exc.details, "exit_code": exc.exit_code}
-                _emit_json(said)
-            click.echo(f"Error: {exc.message}", err=True)
-            for line in exc.details:
-                click.echo(f"  {line}", err=True)
-            if exc.hint:
-                click.echo(f"Hint: {exc.hint}", err=True)
-            ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a bug: say so in one line, keep the traceback one variable away
-            if os.environ.get("GPURUN_DEBUG"):
-                raise
-            click.echo(f"Error: internal error: {type(exc).__name__}: {exc}", err=True)
-            click.echo("Hint: this is a gpurun bug; rerun with GPURUN_DEBUG=1 for the traceback", err=True)
-            ctx.exit(EXIT_USER)
+from launcher.clibase import (
+    JSON_HELP,
+    GpurunGroup,
+    emit_json,
+    json_mode,
+    open_named_run,
+    progress,
+    project_root,
+)
+from launcher.clibase import console as out_console
+from launcher.errors import GpurunError
 
 
 @click.group(cls=GpurunGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,45 +34,6 @@ def main():
       gpurun logs -f                # live dashboard of the latest run
       gpurun pull                   # adapter into tasks/hr/runs/<run-id>/
     """
-
-
-def _root() -> Path:
-    from launcher.project import find_root
-
-    return find_root()
-
-
-def _open(run: str | None, allow_not_started: bool = False):
-    """The run a command means and its host (launcher.runs.open_run)."""
-    from launcher.runs import open_run
-
-    return open_run(_root(), run, allow_not_started)
-
-
-_JSON = {"on": False}  # --json: stdout holds one JSON document and nothing else; every word goes to stderr
-JSON_HELP = "Print one JSON document on stdout (everything else on stderr)."
-
-
-def _json_mode(on: bool) -> None:
-    _JSON["on"] = on
-
-
-def _emit_json(value) -> None:
-    import json
-
-    click.echo(json.dumps(value, ensure_ascii=False, default=str))
-
-
-def _console(stderr: bool = False):
-    from launcher.render import make_console
-
-    return make_console(stderr or _JSON["on"])
-
-
-def _progress(console, label: str):
-    from launcher.render import progress_bar
-
-    return progress_bar(console, label)
 
 
 @main.command()
@@ -112,13 +55,13 @@ def push(task, host):
     from launcher.launch import push as do_push
     from launcher.render import push_plan_text
 
-    root = _root()
+    root = project_root()
     pushing = plan_task_push(root, task, host)
-    console = _console()
+    console = out_console()
     if pushing.checked and (line := pushing.checked.cached_line()):
         console.print(line)
     console.print(push_plan_text(pushing.task_dir, pushing.plan))
-    with _progress(console, f"push {pushing.task_dir.name} → {pushing.host.name}") as on_progress:
+    with progress(console, f"push {pushing.task_dir.name} → {pushing.host.name}") as on_progress:
         dest = do_push(root, pushing, on_progress)
     console.print(f"pushed [bold]{pushing.task_dir}[/] to {pushing.host.name}:{dest}")
 
@@ -154,11 +97,11 @@ def train(task, host, gpus, overrides, experiment, resume, force, as_json):
     """
     from launcher.launch import launch, resolve_train
 
-    _json_mode(as_json)
-    root = _root()
+    json_mode(as_json)
+    root = project_root()
     request = resolve_train(root, task, host, resume)
     parent = request.parent
-    console = _console()
+    console = out_console()
     with console.status(f"checking and syncing {request.task_dir.name}…"):
         launched = launch(root, request.task_dir, request.host, gpus, overrides, experiment, resume=parent, force=force)
     if line := launched.checked.cached_line():
@@ -182,7 +125,7 @@ def train(task, host, gpus, overrides, experiment, resume, force, as_json):
     console.print(f"follow it: gpurun logs -f {record.run_id}")
     if as_json:
         said = {"run_id": record.run_id, "host": record.host, "gpus": launched.gpus, "task": record.task}
-        _emit_json({**said, "slurm_job": launched.job_id, "resumed_from": parent.run_id if parent else None})
+        emit_json({**said, "slurm_job": launched.job_id, "resumed_from": parent.run_id if parent else None})
 
 
 @main.command()
@@ -203,12 +146,12 @@ def logs(run, follow, tail):
     from launcher.render import Dashboard, end_text
     from launcher.runs import exit_code_of
 
-    opened = _open(run)
+    opened = open_named_run(run)
     record = opened.record
     if not follow:
         sys.stdout.write(control.log_now(opened, tail))
         return
-    console = _console()
+    console = out_console()
     dashboard = Dashboard(console, record.run_id, quiet_log=False)
     dashboard.seed(record.step, record.total_steps)  # a resumed run shows its step N/TOTAL from the start
     try:
@@ -245,9 +188,9 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
     from launcher.pull import watch as do_watch
     from launcher.render import shown_path
 
-    opened = _open(run)
-    console = _console()
-    job = Pull(opened, checkpoints, force, merged, lambda label: _progress(console, label))
+    opened = open_named_run(run)
+    console = out_console()
+    job = Pull(opened, checkpoints, force, merged, lambda label: progress(console, label))
     if watch:
         state = do_watch(job, interval, console.print)
         if state is None:
@@ -279,14 +222,14 @@ def status(run, as_json):
     from launcher import control
     from launcher.render import runs_table
 
-    _json_mode(as_json)
-    row, node_lines = control.status(_open(run, allow_not_started=True))
+    json_mode(as_json)
+    row, node_lines = control.status(open_named_run(run, allow_not_started=True))
     if as_json:
         from launcher.render import json_row
 
-        _emit_json({**json_row(row), "nodes": node_lines})
+        emit_json({**json_row(row), "nodes": node_lines})
         return
-    console = _console()
+    console = out_console()
     console.print(runs_table([row]))
     for line in node_lines:
         console.print(line)
@@ -305,85 +248,22 @@ def runs(limit, as_json):
     from launcher.render import runs_table
     from launcher.runs import History, refresh_runs
 
-    _json_mode(as_json)
-    root = _root()
+    json_mode(as_json)
+    root = project_root()
 
     def warn(text: str) -> None:
-        _console(stderr=True).print(f"[yellow]warning:[/] {text}")
+        out_console(stderr=True).print(f"[yellow]warning:[/] {text}")
 
     rows = [r.__dict__ for r in refresh_runs(root, History(root), limit, warn)]
     if as_json:
         from launcher.render import json_row
 
-        _emit_json([json_row(row) for row in rows])
+        emit_json([json_row(row) for row in rows])
         return
     if not rows:
-        _console().print("no runs yet: gpurun train tasks/demo")
+        out_console().print("no runs yet: gpurun train tasks/demo")
         return
-    _console().print(runs_table(rows))
-
-
-@main.command()
-@click.argument("run")
-@click.argument("prompt", required=False)
-@click.option("--file", "file", metavar="PROMPTS", help="Ask each prompt of a .jsonl (prompt or chat rows) or .txt.")
-@click.option("--local", is_flag=True, help="Here, from the pulled run (needs the training stack and the base model).")
-@click.option("--max-new-tokens", default=128, show_default=True, help="Longest reply.")
-@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def infer(run, prompt, file, local, max_new_tokens, as_json):
-    """Ask a run's adapter: the reply and the tool call parsed from it, with the task's template and tools.
-
-    On the run's host by default (its base model is there); a stopped run answers from its latest checkpoint.
-
-    \b
-    Example:
-      gpurun infer hr-20260101-120000-ab12 "How many vacation days do I have left?"
-      gpurun infer hr-20260101-120000-ab12 --file prompts.jsonl
-    """
-    from launcher.infer import ask, read_prompts
-    from launcher.render import infer_table
-
-    _json_mode(as_json)
-    prompts = read_prompts(prompt, file)
-    opened = _open(run)
-    where = "here" if local else opened.record.host
-    with _console(stderr=True).status(f"asking {opened.record.run_id} on {where}…"):
-        answers = ask(opened, prompts, max_new_tokens, local)
-    if as_json:
-        _emit_json(answers)
-        return
-    _console().print(infer_table(answers))
-
-
-@main.command()
-@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
-@click.option("--task", help="Compare the latest runs of this task (with --last).")
-@click.option("--last", default=5, show_default=True, help="How many of the latest runs, without RUNs named.")
-@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def compare(run_ids, task, last, as_json):
-    """Put runs side by side: the config keys that differ, steps, losses, eval-suite scores, time, peak memory.
-
-    Runs may be on different hosts; each host is asked once.
-
-    \b
-    Example:
-      gpurun compare hr-20260101-120000-ab12 hr-20260102-090000-cd34
-      gpurun compare --task hr --last 3
-    """
-    from launcher.compare import differing_keys, runs_to_compare, summaries
-    from launcher.render import compare_table
-    from launcher.runs import History, refresh_runs
-
-    _json_mode(as_json)
-    root = _root()
-    history = History(root)
-    refresh_runs(root, history, 500, lambda text: _console(stderr=True).print(f"[yellow]warning:[/] {text}"))
-    rows = summaries(root, runs_to_compare(history, run_ids, task, last))
-    differing = differing_keys(rows)
-    if as_json:
-        _emit_json({"differing": differing, "runs": rows})
-        return
-    _console().print(compare_table(rows, differing))
+    out_console().print(runs_table(rows))
 
 
 @main.command()
@@ -399,9 +279,9 @@ def stop(run, grace):
     from launcher import control
     from launcher.runs import FINAL_STATES
 
-    opened = _open(run)
+    opened = open_named_run(run)
     record = opened.record
-    console = _console()
+    console = out_console()
     if record.state in FINAL_STATES:  # a final state never changes: no round trip, no false "waiting"
         console.print(f"{record.run_id}: already {record.state}, nothing to stop")
         return
@@ -428,9 +308,9 @@ def merge(run):
     """
     from launcher import control
 
-    opened = _open(run)
+    opened = open_named_run(run)
     record = opened.record
-    console = _console()
+    console = out_console()
     with console.status(f"merging {record.run_id} on {record.host}…"):
         said = control.merge(opened)
     console.print(said)
@@ -466,11 +346,11 @@ def validate(task, overrides, experiment, show, strict, device, gpu_memory, as_j
     from launcher.render import plain, token_report_text
     from launcher.runs import History
 
-    _json_mode(as_json)
-    root = _root()
+    json_mode(as_json)
+    root = project_root()
     task_dir = resolve_task_dir(root, task, History(root))
     checked = check_task(task_dir, overrides, experiment, root=root)
-    console = _console()
+    console = out_console()
     for notice in checked.notices:
         console.print(f"[yellow]notice:[/] {plain(notice)}")
     tokens: dict = {}
@@ -496,7 +376,7 @@ def validate(task, overrides, experiment, show, strict, device, gpu_memory, as_j
     if as_json and not (strict and warnings):  # refused: the error is the one document (its details: the warnings)
         said = {"task": str(task_dir), "kind": config.task, "base_model": config.base_model, "rows": checked.counts}
         said.update(notices=checked.notices, warnings=warnings, tokens=report, memory=memory)
-        _emit_json({"ok": True, **said})
+        emit_json({"ok": True, **said})
     if strict and warnings:
         raise GpurunError(
             f"--strict: {len(warnings)} warning(s)",
@@ -534,8 +414,8 @@ def setup(host, torch_spec, pip_args, force, verbose):
     from launcher.hostsetup import setup_host
     from launcher.remote import remote_for
 
-    target = resolve_host(_root(), host)
-    console = _console()
+    target = resolve_host(project_root(), host)
+    console = out_console()
     lines: list[str] = []
     with console.status(f"setting up {target.name}…") as status:
 
@@ -575,3 +455,14 @@ def setup(host, torch_spec, pip_args, force, verbose):
 
 if __name__ == "__main__":
     main()
+
+
+def _register_results_commands() -> None:
+    """infer and compare live in launcher/cli_results.py (cli.py holds the loop's commands)."""
+    from launcher.cli_results import compare, infer
+
+    main.add_command(infer)
+    main.add_command(compare)
+
+
+_register_results_commands()

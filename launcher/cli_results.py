@@ -1,0 +1,70 @@
+"""The commands about a run's results: `infer` (ask its adapter) and `compare` (runs side by side). Registered on
+the `gpurun` group by launcher/cli.py; thin as every command: parse, call one function, render."""
+
+import click
+
+from launcher.clibase import JSON_HELP, emit_json, json_mode, open_named_run, project_root
+from launcher.clibase import console as out_console
+
+
+@click.command()
+@click.argument("run")
+@click.argument("prompt", required=False)
+@click.option("--file", "file", metavar="PROMPTS", help="Ask each prompt of a .jsonl (prompt or chat rows) or .txt.")
+@click.option("--local", is_flag=True, help="Here, from the pulled run (needs the training stack and the base model).")
+@click.option("--max-new-tokens", default=128, show_default=True, help="Longest reply.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def infer(run, prompt, file, local, max_new_tokens, as_json):
+    """Ask a run's adapter: the reply and the tool call parsed from it, with the task's template and tools.
+
+    On the run's host by default (its base model is there); a stopped run answers from its latest checkpoint.
+
+    \b
+    Example:
+      gpurun infer hr-20260101-120000-ab12 "How many vacation days do I have left?"
+      gpurun infer hr-20260101-120000-ab12 --file prompts.jsonl
+    """
+    from launcher.infer import ask, read_prompts
+    from launcher.render import infer_table
+
+    json_mode(as_json)
+    prompts = read_prompts(prompt, file)
+    opened = open_named_run(run)
+    where = "here" if local else opened.record.host
+    with out_console(stderr=True).status(f"asking {opened.record.run_id} on {where}…"):
+        answers = ask(opened, prompts, max_new_tokens, local)
+    if as_json:
+        emit_json(answers)
+        return
+    out_console().print(infer_table(answers))
+
+
+@click.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option("--task", help="Compare the latest runs of this task (with --last).")
+@click.option("--last", default=5, show_default=True, help="How many of the latest runs, without RUNs named.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def compare(run_ids, task, last, as_json):
+    """Put runs side by side: the config keys that differ, steps, losses, eval-suite scores, time, peak memory.
+
+    Runs may be on different hosts; each host is asked once.
+
+    \b
+    Example:
+      gpurun compare hr-20260101-120000-ab12 hr-20260102-090000-cd34
+      gpurun compare --task hr --last 3
+    """
+    from launcher.compare import differing_keys, runs_to_compare, summaries
+    from launcher.render import compare_table
+    from launcher.runs import History, refresh_runs
+
+    json_mode(as_json)
+    root = project_root()
+    history = History(root)
+    refresh_runs(root, history, 500, lambda text: out_console(stderr=True).print(f"[yellow]warning:[/] {text}"))
+    rows = summaries(root, runs_to_compare(history, run_ids, task, last))
+    differing = differing_keys(rows)
+    if as_json:
+        emit_json({"differing": differing, "runs": rows})
+        return
+    out_console().print(compare_table(rows, differing))
