@@ -172,7 +172,8 @@ def logs(run, follow, tail):
 @click.option("--interval", default=30.0, show_default=True, help="Seconds between fetches with --watch.")
 @click.option("--force", is_flag=True, help="Overwrite local files you changed since the last pull.")
 @click.option("--merged", is_flag=True, help="Also bring output/merged/ (written by gpurun merge).")
-def pull(run, checkpoints, partial, watch, interval, force, merged):
+@click.option("--gguf", is_flag=True, help="Also bring output/gguf/ (written by gpurun export).")
+def pull(run, checkpoints, partial, watch, interval, force, merged, gguf):
     """Bring a run's adapter, tokenizer, state and logs into tasks/<task>/runs/<run-id>/.
 
     RUN defaults to the latest run. Never deletes a local file; never overwrites one you changed
@@ -190,7 +191,8 @@ def pull(run, checkpoints, partial, watch, interval, force, merged):
 
     opened = open_named_run(run)
     console = out_console()
-    job = Pull(opened, checkpoints, force, merged, lambda label: progress(console, label))
+    extras = tuple(name for name, asked in (("merged", merged), ("gguf", gguf)) if asked)
+    job = Pull(opened, checkpoints, force, extras, lambda label: progress(console, label))
     if watch:
         state = do_watch(job, interval, console.print)
         if state is None:
@@ -458,11 +460,11 @@ if __name__ == "__main__":
 
 
 def _register_results_commands() -> None:
-    """infer and compare live in launcher/cli_results.py (cli.py holds the loop's commands)."""
-    from launcher.cli_results import compare, infer
+    """infer, compare and export live in launcher/cli_results.py (cli.py holds the loop's commands)."""
+    from launcher.cli_results import compare, export, infer
 
-    main.add_command(infer)
-    main.add_command(compare)
+    for command in (infer, compare, export):
+        main.add_command(command)
 
 
 _register_results_commands()

@@ -68,3 +68,40 @@ def compare(run_ids, task, last, as_json):
         emit_json({"differing": differing, "runs": rows})
         return
     out_console().print(compare_table(rows, differing))
+
+
+@click.command()
+@click.argument("run", required=False)
+@click.option("--gguf", "kind", required=True, metavar="TYPE", help="f16, bf16, q8_0 or q4_0.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def export(run, kind, as_json):
+    """Write the run's adapter, merged into its base, as one GGUF file for llama.cpp, verified.
+
+    On the run's host: output/gguf/RUN-TYPE.gguf, with the tokenizer and chat template inside. Verified before
+    it is called done: transformers reads the file back and its next-token choices on a few prompts are the
+    merged model's. Bring it home with `gpurun pull RUN --gguf`.
+
+    \b
+    Example:
+      gpurun export hr-20260101-120000-ab12 --gguf q8_0
+    """
+    from launcher.hostcalls import export_run
+    from launcher.sync import push_trainer
+
+    json_mode(as_json)
+    opened = open_named_run(run)
+    record, remote = opened.record, opened.remote
+    with out_console(stderr=True).status(f"merging and writing {kind} GGUF on {record.host}…"):
+        said = export_run(remote, push_trainer(remote), record.run_id, kind.lower())
+    if as_json:
+        emit_json(said)
+        return
+    console = out_console()
+    size = said["bytes"] / 2**20
+    console.print(f"wrote {said['gguf']} on {record.host} ({size:.1f} MB, {said['type']})")
+    verdict = "the same" if said["top1_equal"] else "not all the same (4-bit rounding)"
+    console.print(
+        f"verified: transformers reads it back; next-token choices on {said['prompts']} prompts are {verdict} "
+        f"as the merged model's (largest logit difference {said['max_logit_diff']})"
+    )
+    console.print(f"bring it home: gpurun pull {record.run_id} --gguf")

@@ -159,6 +159,17 @@ def infer_run(remote: Remote, trainer_root: str, request: dict) -> list[dict]:
     return answers
 
 
+def export_run(remote: Remote, trainer_root: str, run_id: str, kind: str) -> dict:
+    """Merge and write a GGUF file on the host, verified there (trainer/training/gguf_export.py): its reply."""
+    reply = call(remote, trainer_root, "export", run_dir(remote, run_id), kind, check=False)
+    said = reply.last
+    if said is None:
+        raise GpurunError(f"export of {run_id} failed on {remote.host.name} ({reply.failure()})", "gpurun status")
+    if "error" in said:
+        raise GpurunError(f"export of {run_id}: {said['error']}", said.get("hint", ""))
+    return said
+
+
 # ---------------------------------------------------------------- streams
 
 

@@ -23,7 +23,7 @@ class Pull:
     opened: OpenRun
     checkpoints: bool
     force: bool
-    merged: bool
+    extras: tuple[str, ...]  # output/ folders of `merge` and `export` to bring too: "merged", "gguf"
     progress: Progress
 
     @property
@@ -47,7 +47,7 @@ class Pull:
                 with_checkpoints,
                 on_progress,
                 force=self.force,
-                merged=self.merged,
+                extras=self.extras,
             )
 
 

@@ -279,8 +279,11 @@ def push_trainer(remote: Remote) -> str:
 MANIFEST = ".gpurun-pulled.json"  # what pull wrote last time: a local file that no longer matches is the user's
 
 
+EXPORTS = ("merged", "gguf")  # output/ folders that `merge` and `export` write: big, each pulled only when asked
+
+
 def pull_argv(
-    remote: Remote, run_id: str, dest: Path, checkpoints: bool, progress: bool, merged: bool = False
+    remote: Remote, run_id: str, dest: Path, checkpoints: bool, progress: bool, extras: tuple[str, ...] = ()
 ) -> list[str]:
     run_dir = remote.path("runs", run_id)
     sources = [remote.rsync_path(run_dir + "/output/")]
@@ -289,7 +292,7 @@ def pull_argv(
         sources[0],
         f"{dest}/",
         rsh=remote.rsh_argv(),
-        excludes=(() if checkpoints else ("checkpoint-*/",)) + (() if merged else ("/merged/",)),
+        excludes=(() if checkpoints else ("checkpoint-*/",)) + tuple(f"/{x}/" for x in EXPORTS if x not in extras),
         progress=progress,
     )
     argv[-2:-1] = sources  # output/'s contents and the logs, into one folder, in one transfer
@@ -304,13 +307,13 @@ def pull_run(
     checkpoints: bool = False,
     on_progress=None,
     force: bool = False,
-    merged: bool = False,
+    extras: tuple[str, ...] = (),
 ) -> None:
     """Bring a run's output/ (+ logs) into dest. Never deletes a local file, and never overwrites
     one the user changed since the last pull unless `force`."""
     dest = Path(dest)
     if dest.exists() and not force:
-        conflicts = local_conflicts(remote, run_id, dest, checkpoints, merged)
+        conflicts = local_conflicts(remote, run_id, dest, checkpoints, extras)
         if conflicts:
             shown = ", ".join(conflicts[:5]) + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
             raise GpurunError(
@@ -318,7 +321,7 @@ def pull_run(
                 "move them elsewhere, or overwrite them with --force",
             )
     run_rsync(
-        pull_argv(remote, run_id, dest, checkpoints, on_progress is not None, merged),
+        pull_argv(remote, run_id, dest, checkpoints, on_progress is not None, extras),
         f"pull of {run_id}",
         on_progress,
         remote.host,
@@ -326,9 +329,9 @@ def pull_run(
     write_manifest(dest)
 
 
-def local_conflicts(remote: Remote, run_id: str, dest: Path, checkpoints: bool, merged: bool) -> list[str]:
+def local_conflicts(remote: Remote, run_id: str, dest: Path, checkpoints: bool, extras: tuple[str, ...]) -> list[str]:
     """Files the pull would change whose local copy is not what the last pull wrote."""
-    argv = pull_argv(remote, run_id, dest, checkpoints, progress=False, merged=merged)
+    argv = pull_argv(remote, run_id, dest, checkpoints, progress=False, extras=extras)
     argv[1:1] = ["--dry-run", "--itemize-changes"]
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode not in (0, 23, 24):

@@ -1,15 +1,15 @@
-"""python -m trainer {run,validate,merge,infer,setup,start,wrap,state,follow,stop,summary} ...: the host side.
+"""python -m trainer {run,validate,merge,infer,export,setup,start,wrap,state,follow,stop,summary} ...: the host side.
 
-Only `run`, `validate`, `merge` and `infer` import the training stack; the rest are stdlib-only, so the
+Only `run`, `validate`, `merge`, `infer` and `export` import the training stack; the rest are stdlib-only, so the
 launcher can ask a host for a run's state even where torch is not installed. When the host's
-`python` lacks the stack, those four re-run themselves in the venv `gpurun setup` made.
+`python` lacks the stack, those five re-run themselves in the venv `gpurun setup` made.
 """
 
 import importlib
 import os
 import sys
 
-NEEDS_STACK = ("run", "validate", "merge", "infer")
+NEEDS_STACK = ("run", "validate", "merge", "infer", "export")
 HOST_COMMANDS = ("start", "wrap", "state", "follow", "stop", "summary")  # the launcher's job control, stdlib only
 REEXEC_ENV = "GPURUN_REEXEC"
 
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.training.merge import merge
 
         return merge(rest[0])
+    if command == "export":
+        from trainer.training.gguf_export import main as export
+
+        return export(rest)
     if command == "infer":
         from trainer.training.infer import main as infer
 
