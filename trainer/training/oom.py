@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trainer.events import EventWriter
 from trainer.host.files import write_atomic
-from trainer.rundir import EXIT_OOM_RESTART, SPLIT_FILE
+from trainer.rundir import EVENTS_FILE, EXIT_OOM_RESTART, SPLIT_FILE
 from trainer.task.schema import TaskConfig
 
 OOM_TOKENS_ENV = "GPURUN_TEST_OOM_TOKENS"
@@ -44,8 +44,10 @@ def smaller_split(batch: int, accumulation: int) -> tuple[int, int] | None:
     return None
 
 
-def out_of_memory(run_dir: Path, events: EventWriter, config: TaskConfig, step: int, rank: int) -> int:
-    """What the run does when a step ran out of memory: the exit code it ends this process with."""
+def out_of_memory(run_dir: Path, config: TaskConfig, step: int, rank: int) -> int:
+    """What the run does when a step ran out of memory: the exit code it ends this process with. Said in
+    events.jsonl by whichever rank it was (a rank other than 0 writes no other event)."""
+    events = EventWriter(run_dir / EVENTS_FILE)
     t = config.training
     batch, accumulation = t.per_device_train_batch_size, t.gradient_accumulation_steps
     smaller = smaller_split(batch, accumulation)
@@ -54,8 +56,7 @@ def out_of_memory(run_dir: Path, events: EventWriter, config: TaskConfig, step: 
         hint = "turn on gradient checkpointing, QLoRA, or a shorter max_length (gpurun validate --gpu-memory SIZE)"
         print(f"error: {message}", flush=True)
         print(f"hint: {hint}", flush=True)
-        if rank == 0:
-            events.emit("error", message=message, hint=hint, problems=[message])
+        events.emit("error", message=message, hint=hint, problems=[message])
         return 1
     new_batch, new_accumulation = smaller
     said = (
@@ -63,10 +64,11 @@ def out_of_memory(run_dir: Path, events: EventWriter, config: TaskConfig, step: 
         f"{new_accumulation} (effective batch {batch * accumulation} unchanged); restarting from the latest checkpoint"
     )
     print(said, flush=True)
-    if rank == 0:  # every rank restarts together; one record of the new split
-        split = {"per_device_train_batch_size": new_batch, "gradient_accumulation_steps": new_accumulation}
-        write_atomic(run_dir / SPLIT_FILE, json.dumps({**split, "after_step": step}))
-        events.emit("oom", step=step, **split, was=[batch, accumulation])
+    # Whichever rank ran out writes the split (the same from any rank: it follows from the config) and says so:
+    # the others never learn of it here, torchrun ends them, and the whole group restarts reading the file.
+    split = {"per_device_train_batch_size": new_batch, "gradient_accumulation_steps": new_accumulation}
+    write_atomic(run_dir / SPLIT_FILE, json.dumps({**split, "after_step": step}))
+    events.emit("oom", step=step, rank=rank, **split, was=[batch, accumulation])
     return EXIT_OOM_RESTART
 
 

@@ -305,7 +305,7 @@ def train(run: Run) -> int | None:
     try:
         run.result = run.trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
     except torch.OutOfMemoryError:
-        return out_of_memory(run.run_dir, run.events, run.config, run.trainer.state.global_step + 1, run.rank)
+        return out_of_memory(run.run_dir, run.config, run.trainer.state.global_step + 1, run.rank)
     if os.environ.get(DIGEST_ENV):
         write_trained_digest(run.trainer.model, run.run_dir / f"trained_digest.rank{run.rank}")
 
