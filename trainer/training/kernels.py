@@ -45,6 +45,10 @@ def padding_free_choice(requested: bool | None, attention: str, task: str, packi
 
 
 def gpu_capability() -> int:
+    """The GPU's compute capability major; 0 when there is none, or torch cannot say (a CPU build)."""
     import torch
 
-    return torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 0
+    try:
+        return torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 0
+    except (AssertionError, RuntimeError):
+        return 0
