@@ -263,15 +263,28 @@ def test_stop_of_a_queued_job_cancels_it_and_nothing_ever_runs(slurm_project, ho
     assert "stopped" in run_gpurun(project, "status").stdout
 
 
+def elapsed_seconds(cluster, job_id: str) -> int:
+    """How long the job has run, as squeue says it: [[DD-]HH:]MM:SS."""
+    shown = cluster.run("squeue", "-h", "-j", job_id, "-o", "%M").stdout.strip()
+    days, _, clock = shown.rpartition("-")
+    seconds = 0
+    for part in clock.split(":"):
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
+
+
 @needs_slurm
 def test_a_job_at_its_time_limit_checkpoints_is_requeued_resumes_and_succeeds_with_every_step(
     slurm_project, host_workdir, cluster
 ):
-    # Slurm checks time limits every 30 s and sends the --signal once fewer than lead + 30 s are left: with a
-    # 2-minute limit and a 60 s lead it comes 30-60 s into each attempt, while the first one still runs: 150 steps
-    # that each also sleep 0.5 s (GPURUN_TEST_STEP_SECONDS) last over 75 s, and leave the CPU to the other worker.
+    # Slurm checks time limits every 30 s and sends the --signal once fewer than lead + 30 s are left. The job starts
+    # with room to spare; once it trains, the cluster's admin cuts its limit to 2 minutes, which (past 30 s of
+    # elapsed time, lead 60 s) brings the signal at the next check, mid-training: 150 steps that each also sleep
+    # 0.5 s (GPURUN_TEST_STEP_SECONDS) last over 75 s and leave the CPU to the other worker. Signalled by a limit
+    # set from the start, an attempt still starting up on busy cores stopped with nothing to save, and was
+    # requeued to start up again (370 s in a loaded suite).
     steps = 150
-    project = slurm_project(steps=steps, env={"GPURUN_TEST_STEP_SECONDS": "0.5"}, time="2", signal_lead=60)
+    project = slurm_project(steps=steps, env={"GPURUN_TEST_STEP_SECONDS": "0.5"}, time="10", signal_lead=60)
     sets = [
         "--set",
         "training.save_steps=50",
@@ -284,10 +297,12 @@ def test_a_job_at_its_time_limit_checkpoints_is_requeued_resumes_and_succeeds_wi
     assert train.returncode == 0, train.stdout + train.stderr
     run_id, run_dir = host_run(host_workdir, project)
     job_id = json.loads((run_dir / "run.json").read_text())["slurm"]["job_id"]
+    wait_for(lambda: any(e["kind"] == "log" and e.get("step", 0) >= 10 for e in events_of(run_dir)), 300, "steps")
+    # 80 s left from now: fewer than lead + 30 s, so the signal comes at the next check, with time to save.
+    limit = elapsed_seconds(cluster, job_id) + 80
+    cluster.run("scontrol", "update", f"JobId={job_id}", f"TimeLimit={limit // 60}:{limit % 60:02d}")
 
     def requeued_with_a_checkpoint() -> bool:
-        # An attempt signalled while still starting up stops with nothing to save and is requeued as well; the
-        # test waits for one that was signalled while training, as a real time limit does.
         log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
         stopped = [e for e in events_of(run_dir) if e["kind"] == "stopped"]
         return bool(stopped) and bool(stopped[-1].get("checkpoint")) and log.count("requeued") >= len(stopped)
