@@ -11,6 +11,8 @@ import pytest
 
 from tests.test_recipes import events_of, train_recipe
 
+pytestmark = pytest.mark.trains  # nine short runs: not for --fast
+
 # Replies of 1 to ~60 tokens: a micro-batch of short ones and one of long ones weigh very differently per row.
 ROWS = [
     {
