@@ -460,10 +460,10 @@ if __name__ == "__main__":
 
 
 def _register_results_commands() -> None:
-    """infer, compare and export live in launcher/cli_results.py (cli.py holds the loop's commands)."""
-    from launcher.cli_results import compare, export, infer
+    """infer, compare, export and plot live in launcher/cli_results.py (cli.py holds the loop's commands)."""
+    from launcher.cli_results import compare, export, infer, plot
 
-    for command in (infer, compare, export):
+    for command in (infer, compare, export, plot):
         main.add_command(command)
 
 

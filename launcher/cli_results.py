@@ -105,3 +105,30 @@ def export(run, kind, as_json):
         f"as the merged model's (largest logit difference {said['max_logit_diff']})"
     )
     console.print(f"bring it home: gpurun pull {record.run_id} --gguf")
+
+
+@click.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN]...")
+@click.option("--task", help="Plot the latest runs of this task (with --last).")
+@click.option("--last", default=1, show_default=True, help="How many of the latest runs, without RUNs named.")
+@click.option("-o", "--out", default="loss.png", show_default=True, help="The PNG to write.")
+def plot(run_ids, task, last, out):
+    """Draw train and eval loss and the learning rate over steps into a PNG, runs overlaid, alarms marked.
+
+    Each line is labelled with the run's experiment and --set values; seed 000's health alarms (rising,
+    oscillating, plateau, overfitting) are marked at the step they fired. Needs matplotlib (the [plot] extra).
+
+    \b
+    Example:
+      gpurun plot --task hr --last 3 -o hr.png
+    """
+    from pathlib import Path
+
+    from launcher.compare import runs_to_compare, summaries
+    from launcher.plot import write_plot
+    from launcher.runs import History
+
+    root = project_root()
+    records = runs_to_compare(History(root), run_ids, task, last, least=1)
+    written = write_plot(summaries(root, records), Path(out))
+    out_console().print(f"wrote {written} ({len(records)} run{'s' if len(records) > 1 else ''})")

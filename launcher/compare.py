@@ -12,17 +12,19 @@ from launcher.remote import remote_for
 from launcher.runs import History, RunRecord
 
 
-def runs_to_compare(history: History, run_ids: tuple[str, ...], task: str | None, last: int) -> list[RunRecord]:
+def runs_to_compare(
+    history: History, run_ids: tuple[str, ...], task: str | None, last: int, least: int = 2
+) -> list[RunRecord]:
     if run_ids:
         records = [history.get(run_id) for run_id in run_ids]
     else:
         records = [r for r in history.all(500) if task is None or r.task == Path(task).name][:last]
         records.reverse()  # oldest first, as they were tried
-    if len(records) < 2:
+    if len(records) < least:
         where = f"of task {task} " if task else ""
         raise GpurunError(
-            f"compare needs two runs or more, and {len(records)} {where}were found",
-            "name them (gpurun compare RUN RUN) or widen --last; gpurun runs lists them",
+            f"{'two runs or more are' if least > 1 else 'a run is'} needed, and {len(records)} {where}were found",
+            "name them (RUN RUN ...) or widen --last; gpurun runs lists them",
         )
     return records
 

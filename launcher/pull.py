@@ -49,6 +49,7 @@ class Pull:
                 force=self.force,
                 extras=self.extras,
             )
+        draw_loss(record, self.dest)
 
 
 def pull(job: Pull, partial: bool) -> dict:
@@ -88,3 +89,20 @@ def watch(job: Pull, interval: float, say: Callable[[str], None]) -> dict | None
     job.checkpoints = True
     job.fetch(True)
     return state
+
+
+def draw_loss(record, dest: Path) -> None:
+    """loss.png beside the pulled run's events, when matplotlib is installed here (the [plot] extra); a pull
+    never fails for a picture."""
+    import importlib.util
+
+    events = dest / "events.jsonl"
+    if importlib.util.find_spec("matplotlib") is None or not events.is_file():
+        return
+    from launcher.plot import curve_from_events, write_plot
+
+    row = {"run_id": record.run_id, "experiment": record.experiment, "overrides": record.override_list()}
+    try:
+        write_plot([{**row, "curve": curve_from_events(events)}], dest / "loss.png")
+    except Exception:  # noqa: BLE001 - a broken font cache or backend: the pull itself succeeded
+        pass

@@ -4,6 +4,7 @@
 import json
 
 from tests.conftest import run_gpurun
+from tests.test_lifecycle import latest_run_id
 
 CUT = ("--set", "training.max_length=640")  # some demo rows are longer: a warning on every check
 
@@ -44,6 +45,13 @@ def test_train_status_runs_and_validate_print_json_only(local_project):
     assert all(r["step"] == 2 and r["eval_loss"] > 0 and r["best_eval_loss"] <= r["eval_loss"] for r in both["runs"])
     table = run_gpurun(local_project, "compare", "--task", "demo")
     assert "learning_rate" in table.stdout and "0.001" in table.stdout and "best eval" in table.stdout, table.stdout
+
+    # Both drawn in one picture; and pull draws loss.png beside the run it fetched.
+    plotted = run_gpurun(local_project, "plot", "--task", "demo", "--last", "2", "-o", "both.png")
+    assert plotted.returncode == 0 and "wrote both.png (2 runs)" in plotted.stdout, plotted.stdout + plotted.stderr
+    assert (local_project / "both.png").read_bytes()[:4] == b"\x89PNG"
+    assert run_gpurun(local_project, "pull").returncode == 0
+    assert (local_project / "tasks" / "demo" / "runs" / latest_run_id(local_project) / "loss.png").stat().st_size > 0
 
 
 def test_an_error_is_json_on_stdout_too_with_its_exit_code(local_project):

@@ -1,6 +1,7 @@
 """`python -m trainer summary RUN_DIR...`: one JSON line per run with what `gpurun compare` puts side by side: its
 resolved config, steps, final train loss, final and best eval loss, eval-suite scores, training time and peak GPU
-memory, all from run.json and events.jsonl. Standard library only.
+memory, all from run.json and events.jsonl; and its curve (each log and eval event's step, losses and learning rate)
+for `gpurun plot`. Standard library only.
 """
 
 import json
@@ -23,7 +24,7 @@ def run_summary(run_dir: Path) -> dict:
         return {**out, "state": "not_found"}
     out.update(config=record.get("config", {}), experiment=record.get("experiment"))
     out["overrides"] = record.get("overrides", [])
-    evals, peak = [], None
+    evals, peak, curve = [], None, []
     try:
         lines = (run_dir / EVENTS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -34,6 +35,9 @@ def run_summary(run_dir: Path) -> dict:
         except ValueError:
             continue  # a line cut by a crash
         kind = event.get("kind")
+        point = curve_point(event)
+        if point is not None:
+            curve.append(point)
         if "step" in event:
             out["step"] = event["step"]
         if kind == "log" and "loss" in event:
@@ -50,4 +54,14 @@ def run_summary(run_dir: Path) -> dict:
     if evals:
         out["eval_loss"], out["best_eval_loss"] = evals[-1], min(evals)
     out["peak_mem_gb"] = peak
+    out["curve"] = curve
     return out
+
+
+def curve_point(event: dict) -> dict | None:
+    """What `gpurun plot` draws of an event (and the health alarms it marks): a log's or an eval's step, losses
+    and learning rate; None for any other event."""
+    if event.get("kind") not in ("log", "eval"):
+        return None
+    keep = ("step", "loss", "eval_loss", "learning_rate")
+    return {"kind": event["kind"], **{k: event[k] for k in keep if k in event}}
