@@ -256,7 +256,7 @@ def test_ctrl_c_stops_pip_on_the_host_and_leaves_the_venv_unused(bare_hosts, tmp
         assert (
             f"setup a100: torch {TESTED_TORCH} from the index you gave (gpurun would take the CUDA 12.6 build, "
             f"for driver 550.54.15 (CUDA 12.4)) + transformers, peft, trl, datasets, accelerate, bitsandbytes, "
-            f"tensorboard into {venv}; about 3.2 GB to download (approximate, " in out
+            f"tensorboard, gguf into {venv}; about 3.2 GB to download (approximate, " in out
         ), out
     else:
         assert f"setup local: torch {TESTED_TORCH} from the index you gave (gpurun would take the CPU build" in out
