@@ -250,6 +250,12 @@ def config_summary(experiment: str | None, overrides: list[str]) -> str:
     return " ".join(parts)
 
 
+def row_accuracy(row: dict) -> str:
+    """A run's eval-suite scores beside its base model's, from a history row or a host's summary."""
+    keys = ("accuracy", "baseline_accuracy", "arguments_accuracy", "baseline_arguments_accuracy")
+    return accuracy_text(*(row.get(key) for key in keys))
+
+
 def json_row(row: dict) -> dict:
     """A run as `--json` gives it: the history's fields, overrides as a list."""
     return {**row, "overrides": overrides_of(row)}
@@ -288,12 +294,7 @@ def runs_table(rows: list[dict]) -> Table:
             step,
             fmt_num(row.get("loss")),
             fmt_num(row.get("eval_loss")),
-            accuracy_text(
-                row.get("accuracy"),
-                row.get("baseline_accuracy"),
-                row.get("arguments_accuracy"),
-                row.get("baseline_arguments_accuracy"),
-            ),
+            row_accuracy(row),
             Text(split_note(row.get("split"), config_summary(row.get("experiment"), overrides_of(row)))),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started_at"])) if row.get("started_at") else "",
         )
@@ -429,12 +430,7 @@ def compare_table(rows: list[dict], differing: list[str]) -> Table:
             fmt_num(row.get("train_loss")),
             fmt_num(row.get("eval_loss")),
             fmt_num(row.get("best_eval_loss")),
-            accuracy_text(
-                row.get("accuracy"),
-                row.get("baseline_accuracy"),
-                row.get("arguments_accuracy"),
-                row.get("baseline_arguments_accuracy"),
-            ),
+            row_accuracy(row),
             f"{runtime:.0f} s" if isinstance(runtime, (int, float)) else "-",
             fmt_num(row.get("peak_mem_gb")),
         )
