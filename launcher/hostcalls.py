@@ -150,12 +150,17 @@ def merge_run(remote: Remote, trainer_root: str, run_id: str) -> str:
 def infer_run(remote: Remote, trainer_root: str, request: dict) -> list[dict]:
     """The adapter's replies (trainer/training/infer.py), one per prompt, in order."""
     reply = call(remote, trainer_root, "infer", input=json.dumps(request), check=False)
+    return infer_answers(reply, len(request["prompts"]), f"on {remote.host.name}", "check the run: gpurun status")
+
+
+def infer_answers(reply: Reply, prompts: int, where: str, hint: str) -> list[dict]:
+    """`infer`'s answers from its reply (the host's, or the laptop's own with --local), or its one error."""
     answers = [item for item in reply.items if "reply" in item]
-    if reply.code != 0 or len(answers) != len(request["prompts"]):
+    if reply.code != 0 or len(answers) != prompts:
         said = next((item for item in reply.items if "error" in item), None)
         if said is not None:
-            raise GpurunError(f"on {remote.host.name}: {said['error']}", said.get("hint", ""))
-        raise GpurunError(f"infer failed on {remote.host.name} ({reply.failure()})", "check the run: gpurun status")
+            raise GpurunError(f"{where}: {said['error']}", said.get("hint", ""))
+        raise GpurunError(f"infer failed {where} ({reply.failure()})", hint)
     return answers
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from launcher.errors import GpurunError
-from launcher.hostcalls import infer_run
+from launcher.hostcalls import infer_answers, infer_run, read_reply
 from launcher.runs import OpenRun
 from launcher.sync import push_trainer
 
@@ -43,10 +43,13 @@ def _prompt_of(line: str, name: str, number: int) -> str:
         row = json.loads(line)
     except ValueError:
         raise GpurunError(f"{name}:{number}: not JSON", 'each line: {"prompt": "..."} or a chat row') from None
-    if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+    if not isinstance(row, dict):
+        row = {}
+    if isinstance(row.get("prompt"), str):
         return row["prompt"]
-    users = [m.get("content") for m in row.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
-    if isinstance(row, dict) and users and isinstance(users[-1], str):
+    turns = row.get("messages") if isinstance(row.get("messages"), list) else []
+    users = [m.get("content") for m in turns if isinstance(m, dict) and m.get("role") == "user"]
+    if users and isinstance(users[-1], str):
         return users[-1]
     raise GpurunError(f"{name}:{number}: no prompt", 'each line: {"prompt": "..."} or a chat row with a user turn')
 
@@ -75,20 +78,7 @@ def ask(opened: OpenRun, prompts: list[str], max_new_tokens: int, local: bool) -
     }
     from trainer.pushed import trainer_argv
 
-    proc = subprocess.run(
-        trainer_argv(sys.executable, "infer"), input=json.dumps(request), capture_output=True, text=True
-    )
-    answers = []
-    for line in proc.stdout.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if "error" in item:
-            raise GpurunError(item["error"], item.get("hint", ""))
-        answers.append(item)
-    if proc.returncode != 0 or len(answers) != len(prompts):
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        hint = "is the training stack installed here? (pip install 'gpurun[train]')"
-        raise GpurunError(f"infer failed here: {tail}", hint)
-    return answers
+    argv = trainer_argv(sys.executable, "infer")
+    reply = read_reply(subprocess.run(argv, input=json.dumps(request), capture_output=True, text=True))
+    hint = "is the training stack installed here? (pip install 'gpurun[train]')"
+    return infer_answers(reply, len(prompts), "here", hint)
