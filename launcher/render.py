@@ -412,7 +412,7 @@ def compare_table(rows: list[dict], differing: list[str]) -> Table:
     table.add_column("run", no_wrap=True)
     for key in differing:
         table.add_column(key.split(".", 1)[-1] if key.count(".") else key)
-    for column in ("state", "steps", "loss", "eval loss", "best eval", "accuracy", "time", "peak GB"):
+    for column in ("state", "steps", "loss", "eval loss", "best eval", "accuracy", "time", "peak GB", "est. GB"):
         table.add_column(column, justify="right")
     for row in rows:
         from launcher.compare import flat
@@ -433,6 +433,7 @@ def compare_table(rows: list[dict], differing: list[str]) -> Table:
             row_accuracy(row),
             f"{runtime:.0f} s" if isinstance(runtime, (int, float)) else "-",
             fmt_num(row.get("peak_mem_gb")),
+            fmt_num(row.get("memory_estimate_gb")),
         )
     return table
 

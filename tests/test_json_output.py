@@ -43,6 +43,7 @@ def test_train_status_runs_and_validate_print_json_only(local_project):
     assert both["differing"] == ["training.learning_rate"], both["differing"]
     assert [r["run_id"] for r in both["runs"]][0] == started["run_id"]  # oldest first, as they were tried
     assert all(r["step"] == 2 and r["eval_loss"] > 0 and r["best_eval_loss"] <= r["eval_loss"] for r in both["runs"])
+    assert all(0 < r["memory_estimate_gb"] < 4 for r in both["runs"]), both["runs"]  # the pre-flight's, per process
     table = run_gpurun(local_project, "compare", "--task", "demo")
     assert "learning_rate" in table.stdout and "0.001" in table.stdout and "best eval" in table.stdout, table.stdout
 

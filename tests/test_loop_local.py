@@ -24,6 +24,8 @@ def test_local_host_runs_the_whole_loop(local_project):
     assert load_and_generate(run_dir) is not None
     state = json.loads((run_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 6
+    estimate = json.loads((run_dir / "run.json").read_text())["memory"]  # the pre-flight's, recorded with the run
+    assert estimate["total"] > estimate["weights"] > 0 and estimate["free"] is None, estimate
     status = run_gpurun(local_project, "status")
     assert "succeeded" in status.stdout and "(base " in status.stdout, status.stdout  # the suite beside the base's
     stop = run_gpurun(local_project, "stop")

@@ -46,6 +46,13 @@ def train_recipe(tmp_path: Path, files: dict[str, list[dict]], **config) -> Path
     """Lay out a host workdir with one task and one run, run the trainer, return the run dir."""
     from trainer.training.run import run
 
+    run_dir = lay_out_run(tmp_path, files, **config)
+    assert run(run_dir) == 0, (run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").exists() else ""
+    return run_dir
+
+
+def lay_out_run(tmp_path: Path, files: dict[str, list[dict]], **config) -> Path:
+    """A host workdir with one task and one run's run.json, as `start` leaves it; returns the run dir."""
     workdir = tmp_path / "host"
     task_dir = workdir / "tasks" / "t"
     for name, rows in files.items():
@@ -70,7 +77,6 @@ def train_recipe(tmp_path: Path, files: dict[str, list[dict]], **config) -> Path
     (run_dir / "output").mkdir(parents=True)
     record = {"run_id": "r1", "task": "t", "config": config_to_dict(config_from_dict(raw))}
     (run_dir / "run.json").write_text(json.dumps(record))
-    assert run(run_dir) == 0, (run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").exists() else ""
     return run_dir
 
 

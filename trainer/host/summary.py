@@ -1,7 +1,7 @@
 """`python -m trainer summary RUN_DIR...`: one JSON line per run with what `gpurun compare` puts side by side: its
-resolved config, steps, final train loss, final and best eval loss, eval-suite scores, training time and peak GPU
-memory, all from run.json and events.jsonl; and its curve (each log and eval event's step, losses and learning rate)
-for `gpurun plot`. Standard library only.
+resolved config, steps, final train loss, final and best eval loss, eval-suite scores, training time, peak GPU
+memory and the pre-flight's estimate, all from run.json and events.jsonl; and its curve (each log and eval event's
+step, losses and learning rate) for `gpurun plot`. Standard library only.
 """
 
 import json
@@ -24,6 +24,8 @@ def run_summary(run_dir: Path) -> dict:
         return {**out, "state": "not_found"}
     out.update(config=record.get("config", {}), experiment=record.get("experiment"))
     out["overrides"] = record.get("overrides", [])
+    estimate = (record.get("memory") or {}).get("total")  # the pre-flight's, per process (trainer/training/run.py)
+    out["memory_estimate_gb"] = round(estimate / 2**30, 2) if isinstance(estimate, (int, float)) else None
     evals, peak, curve = [], None, []
     try:
         lines = (run_dir / EVENTS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()

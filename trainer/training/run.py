@@ -258,9 +258,22 @@ def fit_in_memory(run: Run) -> int | None:
         return None
     print(f"memory: {checked.line}", flush=True)
     run.events.emit("memory", **checked.event())
+    if run.rank == 0:
+        record_estimate(run.run_dir, checked.event())
     if checked.refusal is not None:
         return refuse(run.events, [checked.refusal])
     return None
+
+
+def record_estimate(run_dir: Path, memory: dict) -> None:
+    """The estimate joins run.json (`memory`, bytes), where compare and a pulled run find it. The file keeps its time:
+    the host's state reads a young run.json as a start still in progress."""
+    from trainer.host.files import write_atomic
+
+    path = run_dir / RUN_FILE
+    record, stat = json.loads(path.read_text(encoding="utf-8")), path.stat()
+    write_atomic(path, json.dumps({**record, "memory": memory}, indent=2, ensure_ascii=False))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def load_the_model(run: Run) -> int | None:
