@@ -398,8 +398,16 @@ def validate(task, overrides, experiment, show, strict, device, gpu_memory, as_j
 )
 @click.option("--pip-arg", "pip_args", multiple=True, metavar="ARG", help="Pass ARG to pip install (repeatable).")
 @click.option("--force", is_flag=True, help="Install again even if the host already has the training stack.")
+@click.option(
+    "--with",
+    "with_",
+    multiple=True,
+    type=click.Choice(["wandb", "trackio", "mlflow"]),
+    help="Add a tracker that task.yaml's `report:` names (repeatable); added to a host that has the stack already.",
+)
+@click.option("--fast", is_flag=True, help="Add the GPU kernels (liger-kernel, kernels) where there is an NVIDIA GPU.")
 @click.option("-v", "--verbose", is_flag=True, help="Show pip's output as it goes.")
-def setup(host, torch_spec, pip_args, force, verbose):
+def setup(host, torch_spec, pip_args, force, with_, fast, verbose):
     """Give a host the training stack: a venv in its workdir, used by every run there.
 
     Needs only Python 3.10+ (with venv) and rsync on the host. Does nothing if the host's
@@ -410,6 +418,7 @@ def setup(host, torch_spec, pip_args, force, verbose):
     \b
     Example:
       gpurun setup --host a100
+      gpurun setup --host a100 --with wandb --fast
       gpurun setup --host a100 --torch torch==2.13.0+cpu --pip-arg=--extra-index-url=https://download.pytorch.org/whl/cpu
     """
     from launcher.hosts import resolve_host
@@ -435,7 +444,7 @@ def setup(host, torch_spec, pip_args, force, verbose):
             console.print(line, markup=False)
 
         try:
-            report = setup_host(remote_for(target), torch_spec, pip_args, force, on_log, on_plan)
+            report = setup_host(remote_for(target), torch_spec, pip_args, force, on_log, on_plan, with_, fast)
         except KeyboardInterrupt:
             report = None  # said below, once the spinner is gone
         except Exception:

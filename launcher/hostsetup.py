@@ -170,15 +170,30 @@ def _name(requirement: str) -> str:
     return match.group(0).lower() if match else ""
 
 
-def train_requirements() -> list[str]:
+def train_requirements(extra: str = "train") -> list[str]:
     try:
         requires = metadata.requires("gpurun") or []
     except metadata.PackageNotFoundError:
         raise GpurunError(
-            "gpurun's package metadata is missing, so its [train] requirements are unknown",
+            f"gpurun's package metadata is missing, so its [{extra}] requirements are unknown",
             "install gpurun with pip (pip install -e .) and run setup again",
         ) from None
-    return requirements_for_extra(requires, "train")
+    return requirements_for_extra(requires, extra)
+
+
+# The module each extra package imports as: `setup --with NAME` (a tracker task.yaml's `report:` names), `--fast`.
+MODULES = {"wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow", "liger-kernel": "liger_kernel"}
+
+
+def extra_packages(with_: tuple[str, ...], fast: bool, has_gpu: bool) -> tuple[list[str], str | None]:
+    """The `--extra MODULE:REQUIREMENT` pairs the host half gets, and a line to say when --fast adds nothing."""
+    requirements = [r for name in with_ for r in train_requirements(name)]
+    note = None
+    if fast and has_gpu:
+        requirements += train_requirements("fast")
+    elif fast:
+        note = "--fast: no NVIDIA GPU there; Liger's and FlashAttention's kernels run only on one, so nothing is added"
+    return [f"{MODULES.get(_name(r), _name(r))}:{r}" for r in requirements], note
 
 
 # Run by the host's `python` as `-c PROBE READY_MARKER_PATH smi|- STACK...`: its version first, on a line
@@ -247,6 +262,8 @@ def setup_host(
     force: bool,
     on_log: Callable[[str], None],
     on_plan: Callable[[str], None] = lambda line: None,
+    with_: tuple[str, ...] = (),
+    fast: bool = False,
 ) -> dict:
     """Make the host ready to train; returns the host's report (python, package versions, CUDA, GPUs).
 
@@ -254,7 +271,11 @@ def setup_host(
     host has said it is about to install (not when it already has the stack).
     """
     host = remote.host
-    probe = probe_host(remote, read_gpu=torch_spec is None)
+    probe = probe_host(remote, read_gpu=torch_spec is None or fast)
+    has_gpu = probe.nvidia_smi_exit == 0 and "Driver Version" in (probe.nvidia_smi or "")  # as choose_torch reads it
+    extras, note = extra_packages(with_, fast, has_gpu)
+    if note:
+        on_plan(note)
     installs = force or not (probe.has_stack or probe.venv_ready)
     choice = None
     if installs and not torch_spec:
@@ -266,6 +287,8 @@ def setup_host(
         args += ["--pip-arg", arg]
     for arg in plan.torch_pip_args:
         args += ["--torch-pip-arg", arg]
+    for pair in extras:
+        args += ["--extra", pair]
 
     def on_item(item: dict) -> bool:
         """True for the reply; progress goes to the callbacks."""

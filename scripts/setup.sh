@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything gpurun's demo and tests need, idempotently: rsync + openssh-server (apt-get,
-# when root), a .venv with the CPU build of torch, and gpurun itself with [train,dev].
+# when root), a .venv with the CPU build of torch, and gpurun itself with [train,dev] (--tests: and [trackers]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,9 +35,11 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing ${TORCH_SPEC:-torch==2.13.0}"
   pip install "${TORCH_SPEC:-torch==2.13.0}"
 fi
-if ! .venv/bin/python -c "import launcher, trl, peft, pytest, ruff" >/dev/null 2>&1 \
-   || [ pyproject.toml -nt .venv/.gpurun-installed ]; then
-  echo "setup: installing gpurun[train,dev]"
-  pip install -e '.[train,dev]'
+# The tests also read back what W&B, trackio and MLflow wrote (about a minute more to install; the demo needs none).
+extras=train,dev modules="launcher, trl, peft, pytest, ruff"
+if [ "${1:-}" = --tests ]; then extras=train,dev,trackers modules="$modules, wandb, trackio, mlflow"; fi
+if ! .venv/bin/python -c "import $modules" >/dev/null 2>&1 || [ pyproject.toml -nt .venv/.gpurun-installed ]; then
+  echo "setup: installing gpurun[$extras]"
+  pip install -e ".[$extras]"
   touch .venv/.gpurun-installed
 fi

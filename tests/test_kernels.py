@@ -16,6 +16,10 @@ def has(*installed):
         (False, 0, ("flash_attn",), "sdpa"),  # no GPU: the package alone does nothing
         (True, 7, ("flash_attn",), "sdpa"),  # a T4 / V100: FlashAttention 2 needs Ampere
         (True, 8, ("flash_attn",), "flash_attention_2"),
+        (True, 8, ("kernels",), "kernels-community/flash-attn2"),  # gpurun setup --fast: the Hub's build
+        (True, 9, ("kernels",), "kernels-community/flash-attn3"),
+        (True, 9, ("flash_attn", "kernels"), "flash_attention_2"),  # the user's own package first
+        (False, 0, ("kernels",), "sdpa"),
         (True, 9, ("flash_attn", "flash_attn_interface"), "flash_attention_3"),
         (True, 8, ("flash_attn_interface",), "sdpa"),  # FA3 only on Hopper; no FA2 package
         (True, 9, (), "sdpa"),
@@ -38,6 +42,7 @@ def test_liger_auto_needs_cuda_and_the_package():
 
 def test_padding_free_by_default_only_for_sft_with_flash_attention_and_without_packing():
     assert padding_free_choice(None, "flash_attention_2", "sft", packing=False)[0] is True
+    assert padding_free_choice(None, "kernels-community/flash-attn2", "sft", packing=False)[0] is True
     assert padding_free_choice(None, "sdpa", "sft", packing=False)[0] is False
     assert padding_free_choice(None, "flash_attention_2", "sft", packing=True)[0] is False
     assert padding_free_choice(None, "flash_attention_2", "orpo", packing=False)[0] is False

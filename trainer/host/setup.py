@@ -1,9 +1,11 @@
-"""`python -m trainer setup [--force] [--pip-arg ARG]... [--torch-pip-arg ARG]... -- REQUIREMENT...`.
+"""`python -m trainer setup [--force] [--pip-arg ARG]... [--torch-pip-arg ARG]... [--extra MODULE:REQ]... -- REQ...`.
 
 The host half of `gpurun setup`. Standard library only (it runs where the training stack is missing).
 Makes `<workdir>/venv`, installs the requirements the launcher sends (torch alone first, from the
 index `--torch-pip-arg` names, when there is one), checks the result by importing it, and only then
 writes the ready marker, so a setup cut short is resumed by running it again and is never used half-made.
+`--extra` packages (a tracker, the GPU kernels: `gpurun setup --with/--fast`) join a new venv's requirements, or are
+added to the Python the runs already use when they do not import there.
 Every line it prints is JSON: {"installing": {"venv", "free_bytes"}} just before pip starts, {"log": ...}
 and {"alive": 1} while working, then {"done": report} or {"error", "hint"}.
 
@@ -31,7 +33,7 @@ PROBE = """
 import json, sys
 from importlib.metadata import version, PackageNotFoundError
 report = {"python": sys.executable, "python_version": "%d.%d.%d" % sys.version_info[:3], "packages": {}}
-for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes"):
+for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", *sys.argv[1:]):
     try:
         report["packages"][name] = version(name)
     except PackageNotFoundError:
@@ -84,16 +86,16 @@ def main(args: list[str]) -> int:
 
 def _setup(args: list[str]) -> int:
     force = "--force" in args
-    pip_args, torch_pip_args, requirements = _parse(args)
+    pip_args, torch_pip_args, extras, requirements = _parse(args)
     venv = setup_venv()
     if venv is None:
         return _fail("setup runs from a trainer copy pushed by gpurun", "run it as: gpurun setup --host HOST")
     if not force:
-        if not missing_stack():
-            return _done(sys.executable, already=True)
-        if ready := ready_venv_python():
-            return _done(ready, already=True)
+        python = sys.executable if not missing_stack() else ready_venv_python()
+        if python:
+            return _add_extras(python, extras, pip_args, venv)
     (venv / READY_MARKER).unlink(missing_ok=True)
+    requirements = [*requirements, *extras.values()]
     python = venv_python(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
     reply({"installing": {"venv": str(venv), "free_bytes": shutil.disk_usage(venv.parent).free}})
@@ -118,7 +120,27 @@ def _setup(args: list[str]) -> int:
                 f"pip install failed (exit {code})",
                 "the lines above say why; fix it and run gpurun setup again (it carries on where it stopped)",
             )
-    return _done(str(python), already=False, mark=venv / READY_MARKER)
+    return _done(str(python), already=False, mark=venv / READY_MARKER, extras=extras)
+
+
+def _add_extras(python: str, extras: dict[str, str], pip_args: list[str], venv: Path) -> int:
+    """The stack is there: pip adds only the extra packages that do not import in the Python the runs use."""
+    missing = [requirement for module, requirement in extras.items() if not _imports(python, module)]
+    if not missing:
+        return _done(python, already=True, extras=extras)
+    reply({"installing": {"venv": str(Path(python).parent.parent), "free_bytes": shutil.disk_usage(python).free}})
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *missing]
+    _log(f"installing into {python}: {' '.join(missing)}")
+    code = _run_pip(pip)
+    if code != 0:
+        return _fail(f"pip install {' '.join(missing)} failed (exit {code})", "the lines above say why")
+    ours = Path(python) == venv_python(venv)  # the marker holds the report: rewritten with the new packages
+    return _done(python, already=False, mark=venv / READY_MARKER if ours else None, extras=extras)
+
+
+def _imports(python: str, module: str) -> bool:
+    found = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([python, "-c", found], capture_output=True).returncode == 0
 
 
 def pip_steps(python: str, pip_args: list[str], torch_pip_args: list[str], requirements: list[str]) -> list[list[str]]:
@@ -186,8 +208,9 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
-def _parse(args: list[str]) -> tuple[list[str], list[str], list[str]]:
-    pip_args, torch_pip_args, requirements, i = [], [], [], 0
+def _parse(args: list[str]) -> tuple[list[str], list[str], dict[str, str], list[str]]:
+    """(pip args, torch's pip args, {module: requirement} of the extras, requirements)."""
+    pip_args, torch_pip_args, extras, requirements, i = [], [], {}, [], 0
     while i < len(args):
         if args[i] == "--":
             requirements = args[i + 1 :]
@@ -195,12 +218,17 @@ def _parse(args: list[str]) -> tuple[list[str], list[str], list[str]]:
         if args[i] in ("--pip-arg", "--torch-pip-arg") and i + 1 < len(args):
             (pip_args if args[i] == "--pip-arg" else torch_pip_args).append(args[i + 1])
             i += 1
+        elif args[i] == "--extra" and i + 1 < len(args):
+            module, _, requirement = args[i + 1].partition(":")
+            extras[module] = requirement
+            i += 1
         i += 1
-    return pip_args, torch_pip_args, requirements
+    return pip_args, torch_pip_args, extras, requirements
 
 
-def _done(python: str, already: bool, mark: Path | None = None) -> int:
-    probe = subprocess.run([python, "-c", PROBE], capture_output=True, text=True)
+def _done(python: str, already: bool, mark: Path | None = None, extras: dict[str, str] | None = None) -> int:
+    names = [re.match(r"[A-Za-z0-9._-]+", r).group(0) for r in (extras or {}).values()]  # distributions: versions
+    probe = subprocess.run([python, "-c", PROBE, *names], capture_output=True, text=True)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         return _fail(f"the training stack in {python} does not import: {last}", "run gpurun setup --force")

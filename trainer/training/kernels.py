@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 
-FLASH = ("flash_attention_2", "flash_attention_3")  # what TRL lists as safe for padding-free batches
+# FlashAttention, from its own packages or as the Hub's kernels-community builds (the `kernels` package loads them):
+# the variants that keep the rows of a padding-free batch apart by their position_ids.
+HUB_FLASH = ("kernels-community/flash-attn2", "kernels-community/flash-attn3")
+FLASH = ("flash_attention_2", "flash_attention_3", *HUB_FLASH)
 
 
 def attention_choice(requested: str, cuda: bool, capability: int = 0, has=importlib.util.find_spec) -> tuple[str, str]:
@@ -22,7 +25,10 @@ def attention_choice(requested: str, cuda: bool, capability: int = 0, has=import
         return "flash_attention_3", "auto: flash_attn_interface (FlashAttention 3) is installed on this Hopper GPU"
     if has("flash_attn") is not None:
         return "flash_attention_2", "auto: the flash_attn package is installed"
-    return "sdpa", "auto: no flash_attn package on this host (gpurun setup --fast installs it where a wheel exists)"
+    if has("kernels") is not None:  # prebuilt on the Hub: no compiler, no flash_attn wheel to match
+        hub = HUB_FLASH[1] if capability >= 9 else HUB_FLASH[0]
+        return hub, "auto: the kernels package loads the Hub's FlashAttention build (no flash_attn package here)"
+    return "sdpa", "auto: neither flash_attn nor kernels on this host (gpurun setup --fast installs kernels)"
 
 
 def liger_choice(requested: bool | None, cuda: bool, has=importlib.util.find_spec) -> tuple[bool, str]:
