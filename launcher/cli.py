@@ -209,6 +209,8 @@ def pull(run, checkpoints, partial, watch, interval, force, merged, gguf):
             f"its checkpoints come with: gpurun pull {record.run_id} --checkpoints"
         )
     console.print(f"pulled {record.run_id} ({state.get('state')}) into {shown_path(opened.root, job.dest)}")
+    for offline in sorted((job.dest / "trackers" / "wandb").glob("offline-run-*")):
+        console.print(f"W&B offline run: upload it with: wandb sync {shown_path(opened.root, offline)}", markup=False)
 
 
 @main.command()

@@ -33,14 +33,15 @@ def test_train_status_runs_and_validate_print_json_only(local_project):
     runs = run_gpurun(local_project, "runs", "--json")
     assert [r["run_id"] for r in json.loads(runs.stdout)] == [started["run_id"]]
 
-    # A second run with another learning rate: compare shows what differs and each run's figures.
-    other_lr = ("--set", "training.learning_rate=1e-3")
+    # A second run with another learning rate, reported to W&B too (offline: no key here): compare shows what
+    # differs and each run's figures; pull brings the W&B run home and says how to upload it.
+    other_lr = ("--set", "training.learning_rate=1e-3", "--set", "report=[tensorboard, wandb]")
     again = run_gpurun(local_project, "train", *CUT, "--set", "training.max_steps=2", *other_lr)
     assert again.returncode == 0 and run_gpurun(local_project, "logs", "-f").returncode == 0, again.stderr
     compared = run_gpurun(local_project, "compare", "--task", "demo", "--json")
     assert compared.returncode == 0, compared.stderr
     both = json.loads(compared.stdout)
-    assert both["differing"] == ["training.learning_rate"], both["differing"]
+    assert both["differing"] == ["training.learning_rate", "report"], both["differing"]
     assert [r["run_id"] for r in both["runs"]][0] == started["run_id"]  # oldest first, as they were tried
     assert all(r["step"] == 2 and r["eval_loss"] > 0 and r["best_eval_loss"] <= r["eval_loss"] for r in both["runs"])
     assert all(0 < r["memory_estimate_gb"] < 4 for r in both["runs"]), both["runs"]  # the pre-flight's, per process
@@ -51,8 +52,12 @@ def test_train_status_runs_and_validate_print_json_only(local_project):
     plotted = run_gpurun(local_project, "plot", "--task", "demo", "--last", "2", "-o", "both.png")
     assert plotted.returncode == 0 and "wrote both.png (2 runs)" in plotted.stdout, plotted.stdout + plotted.stderr
     assert (local_project / "both.png").read_bytes()[:4] == b"\x89PNG"
-    assert run_gpurun(local_project, "pull").returncode == 0
-    assert (local_project / "tasks" / "demo" / "runs" / latest_run_id(local_project) / "loss.png").stat().st_size > 0
+    pulled = run_gpurun(local_project, "pull")
+    assert pulled.returncode == 0, pulled.stderr
+    dest = local_project / "tasks" / "demo" / "runs" / latest_run_id(local_project)
+    assert (dest / "loss.png").stat().st_size > 0
+    (offline,) = (dest / "trackers" / "wandb").glob("offline-run-*")
+    assert f"upload it with: wandb sync tasks/demo/runs/{dest.name}/trackers/wandb/{offline.name}" in pulled.stdout
 
 
 def test_an_error_is_json_on_stdout_too_with_its_exit_code(local_project):

@@ -19,6 +19,7 @@ class EventWriter:
 
     def __init__(self, path: Path | None):
         self.path = Path(path) if path is not None else None
+        self.listeners: list = []  # called with each record written (the trackers of task.yaml's `report:`)
 
     def emit(self, kind: str, **fields) -> dict:
         record = {"t": round(time.time(), 3), "kind": kind, **{k: _jsonable(v) for k, v in fields.items()}}
@@ -28,6 +29,8 @@ class EventWriter:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
+        for listener in self.listeners:
+            listener(record)
         return record
 
 

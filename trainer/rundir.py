@@ -18,7 +18,8 @@ EVENTS_FILE = "events.jsonl"
 WRAPPER_LOG = "wrapper.log"
 OUTPUT_DIR = "output"
 SPLIT_FILE = "split.json"  # the batch split a restart after running out of memory trains with
-LOG_FILES = (LOG_FILE, EVENTS_FILE, RUN_FILE)  # what `pull` brings home beside output/
+TRACKERS_DIR = "trackers"  # what W&B, trackio and MLflow wrote (task.yaml's `report:`)
+LOG_FILES = (LOG_FILE, EVENTS_FILE, RUN_FILE, TRACKERS_DIR)  # what `pull` brings home beside output/
 
 EXIT_STOPPED = 128 + signal.SIGTERM  # 143: the trainer saved a checkpoint and stopped when asked
 EXIT_KILLED = 128 + signal.SIGKILL  # 137

@@ -181,8 +181,27 @@ def _translate_old_names(raw: dict, where, notices: list[str]) -> dict:
             raw.pop(section)  # `orpo: {beta: 0.1}` leaves nothing behind
         set_path(raw, new, value)
         notices.append(f"{where(old)}: `{old}` is now `{new}`; translated")
+    _translate_logging_wandb(raw, where, notices)
     for old, why in IGNORED_KEYS.items():
         if old in raw:
             raw.pop(old)
             notices.append(f"{where(old)}: `{old}` ignored: {why}")
     return raw
+
+
+def _translate_logging_wandb(raw: dict, where, notices: list[str]) -> None:
+    """Seed 003's `logging: {wandb: {enabled, project, entity, name}}` -> `wandb: {...}`, and `enabled: true` ->
+    wandb joins `report:` (an experiment overlay that only names the run leaves report alone)."""
+    logging = raw.get("logging")
+    if not isinstance(logging, dict) or not isinstance(logging.get("wandb"), dict):
+        return
+    block = dict(logging.pop("wandb"))
+    if not logging:
+        raw.pop("logging")
+    enabled = block.pop("enabled", None)
+    raw["wandb"] = {**(raw["wandb"] if isinstance(raw.get("wandb"), dict) else {}), **block}
+    said = "`logging.wandb` is now `wandb`"
+    if enabled is True and "report" not in raw:
+        raw["report"] = ["tensorboard", "wandb"]
+        said += ", and its `enabled: true` is `report: [tensorboard, wandb]`"
+    notices.append(f"{where('logging.wandb')}: {said}; translated")

@@ -27,6 +27,7 @@ def check_task(config: TaskConfig, where, problems: list[Problem]) -> None:
     _check_data_paths(config, where, problems)
     _check_distributed(config, where, problems)
     _check_encoding(config, where, problems)
+    _check_report(config, where, problems)
 
 
 def _check_base_model(config: TaskConfig, where, problems: list[Problem]) -> None:
@@ -313,3 +314,15 @@ def check_target_modules(config: TaskConfig, module_names, model: str, where, pr
         layers = f"its layers: {', '.join(leaves)}, or all-linear"
         hint = f"did you mean `{close[0]}`? ({layers})" if close else layers
         problems.append(Problem(where("lora.target_modules"), f"{model} has no module {target!r}", hint))
+
+
+def _check_report(config: TaskConfig, where, problems: list[Problem]) -> None:
+    import difflib
+
+    from trainer.task.schema import TRACKERS
+
+    for name in config.report:
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, TRACKERS, n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`?" if close else f"one or more of: {', '.join(TRACKERS)}"
+            problems.append(Problem(where("report"), f"{name!r} is not a tracker gpurun reports to", hint))

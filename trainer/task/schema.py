@@ -29,6 +29,7 @@ OPTIMIZERS = (
 )
 STRATEGIES = ("no", "steps", "epoch")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp", "deepspeed")
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # `report:`; trainer/training/trackers.py
 SEED_RANGE = (0, 2**32 - 1)  # numpy's seed, which transformers' set_seed also sets, takes no more
 
 # What each scheduler accepts in lr_scheduler_kwargs: transformers' get_scheduler passes them on to the
@@ -251,6 +252,20 @@ class DistributedConfig:
 
 
 @dataclass
+class WandbConfig:
+    """`wandb:` where a run goes in Weights & Biases, with `report: [..., wandb]`."""
+
+    project: str = ""
+    """The W&B project (default: the task's name)."""
+    entity: str = ""
+    """The team or user it goes under (default: your W&B default)."""
+    name: str = ""
+    """The run's name there (default: the experiment's name, else the run id)."""
+    tags: list[str] = field(default_factory=list)
+    """Tags for the run (the experiment's name is added)."""
+
+
+@dataclass
 class TaskConfig:
     """A whole `task.yaml`."""
 
@@ -276,3 +291,8 @@ class TaskConfig:
     """Sample generations on eval prompts written to output/samples.jsonl after training."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """How several GPUs share the model: ddp, or fsdp / deepspeed for a model that does not fit on one GPU."""
+    report: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where the run's figures also go: tensorboard, wandb (offline without WANDB_API_KEY), trackio, mlflow (a SQLite
+    store); each writes into the run's trackers/ folder, which `gpurun pull` brings home. events.jsonl always."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """W&B's project, entity, run name and tags (with `report: [wandb]`)."""

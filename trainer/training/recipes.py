@@ -99,7 +99,7 @@ def common_args(config: TaskConfig, output_dir: Path, has_eval: bool) -> dict:
         load_best_model_at_end=load_best,
         metric_for_best_model=t.metric_for_best_model if load_best else None,
         greater_is_better=None,
-        report_to=["tensorboard"],
+        report_to=["tensorboard"] if "tensorboard" in config.report else "none",  # the others: trackers.py
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,  # train.log is read by people and by `logs -f`; progress bars are noise there
         dataloader_num_workers=0,
@@ -159,6 +159,11 @@ def host_problems(config: TaskConfig, task_dir: Path) -> list[Problem]:
     import torch
 
     problems = gpu_kernel_problems(config.training, torch.cuda.is_available())
+    from trainer.training.trackers import missing_trackers
+
+    for name in missing_trackers(config.report):
+        hint = f"gpurun setup --host HOST --with {name}, or pip install {name} into the host's Python"
+        problems.append(Problem("report", f"{name} is not installed on this host; report: {name} needs it", hint))
     d = config.distributed
     if d.strategy == "ddp":
         return problems

@@ -106,6 +106,7 @@ class Run:
     result: object = None  # what trainer.train() returned
     sharded: bool = False  # FSDP / ZeRO over several processes: each holds a part of the weights
     suite_accuracies: dict = field(default_factory=dict)
+    trackers: object = None  # trainer/training/trackers.py's, on rank 0 when `report:` names any
 
     @property
     def workdir(self) -> Path:
@@ -122,6 +123,7 @@ def _run(run_dir: Path) -> int:
     steps = (
         stopped_while_starting,
         read_task_and_data,
+        start_trackers,
         find_checkpoint,
         prepare_base_and_tokenizer,
         check_tokens,
@@ -133,11 +135,15 @@ def _run(run_dir: Path) -> int:
         save_outputs,
         try_out,
     )
-    for step in steps:
-        code = step(run)
-        if code is not None:
-            return code
-    return finish(run)
+    try:
+        for step in steps:
+            code = step(run)
+            if code is not None:
+                return code
+        return finish(run)
+    finally:
+        if run.trackers is not None:  # a run that failed or stopped ends its trackers' runs too
+            run.trackers.close()
 
 
 def start(run_dir: Path) -> Run:
@@ -194,6 +200,26 @@ def read_task_and_data(run: Run) -> int | None:
     counts = ", ".join(f"{len(rows)} {name}" for name, rows in run.splits.items() if rows)
     print(f"data: {counts} rows", flush=True)
     return None
+
+
+def start_trackers(run: Run) -> None:
+    """W&B, trackio, MLflow as `report:` names them (TensorBoard is transformers' own), fed from the events."""
+    if run.rank != 0 or not set(run.config.report) - {"tensorboard"}:
+        return
+    from trainer.task.loading import config_to_dict
+    from trainer.training.trackers import Trackers
+
+    record = run.record
+    context = {
+        "config": config_to_dict(run.config),
+        "run_id": record["run_id"],
+        "task": record["task"],
+        "experiment": record.get("experiment"),
+        "overrides": record.get("overrides", []),
+        "name": run.config.wandb.name or record.get("experiment") or record["run_id"],
+    }
+    run.trackers = Trackers(run.config.report, context, run.run_dir, say)
+    run.events.listeners.append(run.trackers.on_event)
 
 
 def find_checkpoint(run: Run) -> int | None:
