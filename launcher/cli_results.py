@@ -67,7 +67,8 @@ def compare(run_ids, task, last, as_json):
     if as_json:
         emit_json({"differing": differing, "runs": rows})
         return
-    out_console().print(compare_table(rows, differing))
+    console = out_console()
+    console.print(compare_table(rows, differing, console.width))
 
 
 @click.command()

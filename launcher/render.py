@@ -404,37 +404,58 @@ def shown_path(root: Path, path: Path) -> str:
         return str(path)
 
 
-def compare_table(rows: list[dict], differing: list[str]) -> Table:
-    """gpurun compare: a row per run; the config keys that differ, then the figures."""
-    import json
+def compare_table(rows: list[dict], differing: list[str], width: int = 160) -> Table:
+    """gpurun compare: a row per run; the config keys that differ, then the figures. A figure no run has (peak GPU
+    memory on the CPU, the suite of a task without one) is left out; when a row per run would not fit `width`
+    columns, a column per run instead (fields down the side), so that no figure is cut."""
+    from launcher.compare import flat
 
-    table = Table(title=None, show_lines=False)
+    def config_text(value) -> str:
+        return ", ".join(map(str, value)) if isinstance(value, list) else plain(value)
+
+    def suite(row: dict, prefix: str = "") -> str:
+        name, args = row.get(f"{prefix}accuracy"), row.get(f"{prefix}arguments_accuracy")
+        if name is None:
+            return "–"
+        return f"{float(name):.3f}" + (f" · {float(args):.3f}" if args is not None else "")
+
+    def runtime(row: dict) -> str:
+        value = row.get("train_runtime")
+        return f"{value:.0f} s" if isinstance(value, (int, float)) else "–"
+
+    configs = [flat(row.get("config") or {}) for row in rows]
+    tool_calls = any(row.get("arguments_accuracy") is not None for row in rows)
+    columns = [(key.rsplit(".", 1)[-1], [config_text(c.get(key)) for c in configs], "left") for key in differing]
+    columns += [
+        ("state", [row.get("state") or "?" for row in rows], "left"),
+        ("steps", [str(row.get("step") or "–") for row in rows], "right"),
+        ("loss", [fmt_num(row.get("train_loss")) for row in rows], "right"),
+        ("eval loss", [fmt_num(row.get("eval_loss")) for row in rows], "right"),
+        ("best eval", [fmt_num(row.get("best_eval_loss")) for row in rows], "right"),
+        ("suite name · args" if tool_calls else "suite", [suite(row) for row in rows], "right"),
+        ("base model", [suite(row, "baseline_") for row in rows], "right"),
+        ("time", [runtime(row) for row in rows], "right"),
+        ("peak GB", [fmt_num(row.get("peak_mem_gb")) for row in rows], "right"),
+        ("est. GB", [fmt_num(row.get("memory_estimate_gb")) for row in rows], "right"),
+    ]
+    shown = [(head, values, justify) for head, values, justify in columns if any(v != "–" for v in values)]
+    from rich import box
+
+    ids = [row["run_id"] for row in rows]
+    natural = max(map(len, ids)) + sum(max(len(head), *map(len, values)) + 3 for head, values, _ in shown)
+    table = Table(title=None, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False)  # no rules between columns
+    if natural > width:
+        table.add_column("", no_wrap=True)
+        for run_id in ids:
+            table.add_column(run_id, justify="right")
+        for head, values, _ in shown:
+            table.add_row(head, *values)
+        return table
     table.add_column("run", no_wrap=True)
-    for key in differing:
-        table.add_column(key.split(".", 1)[-1] if key.count(".") else key)
-    for column in ("state", "steps", "loss", "eval loss", "best eval", "accuracy", "time", "peak GB", "est. GB"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        from launcher.compare import flat
-
-        config = flat(row.get("config") or {})
-        runtime = row.get("train_runtime")
-        table.add_row(
-            row["run_id"],
-            *(
-                plain(json.dumps(config.get(key)) if isinstance(config.get(key), (list, dict)) else config.get(key))
-                for key in differing
-            ),
-            row.get("state") or "?",
-            str(row.get("step") or "-"),
-            fmt_num(row.get("train_loss")),
-            fmt_num(row.get("eval_loss")),
-            fmt_num(row.get("best_eval_loss")),
-            row_accuracy(row),
-            f"{runtime:.0f} s" if isinstance(runtime, (int, float)) else "-",
-            fmt_num(row.get("peak_mem_gb")),
-            fmt_num(row.get("memory_estimate_gb")),
-        )
+    for head, _, justify in shown:
+        table.add_column(head, justify=justify)
+    for i, run_id in enumerate(ids):
+        table.add_row(run_id, *(values[i] for _, values, _ in shown))
     return table
 
 

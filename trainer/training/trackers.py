@@ -125,6 +125,9 @@ class Wandb:
         import wandb
 
         online = bool(os.environ.get("WANDB_API_KEY"))
+        # Quiet for good, not just during init: TRL's model card asks wandb.run for its URL, which an offline run
+        # answers with a warning in train.log.
+        os.environ.setdefault("WANDB_SILENT", "true")
         config = context["config"]
         settings = wandb.Settings(silent=True, console="off", x_disable_stats=True)
         folder.mkdir(parents=True, exist_ok=True)
