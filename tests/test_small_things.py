@@ -90,3 +90,28 @@ def test_every_option_the_readme_names_for_a_command_exists():
             assert option in options | {"--help"}, f"README's `gpurun {name}` row names {option}, which it lacks"
         checked += 1
     assert checked >= 10
+
+
+def test_compare_leaves_out_figures_no_run_has_and_turns_a_column_per_run_when_rows_would_not_fit():
+    from rich.console import Console
+
+    from launcher.render import compare_table
+
+    rows = [
+        {"run_id": f"demo-20261203-0107{i}4-4e53", "config": {"training": {"learning_rate": lr}}, "state": "succeeded",
+         "step": 10, "train_loss": 1.5, "accuracy": 0.1 * i, "arguments_accuracy": 0.0, "memory_estimate_gb": 0.56}
+        for i, lr in enumerate((0.003, 0.008))
+    ]  # fmt: skip
+
+    def shown(width: int) -> list[str]:
+        console = Console(width=width, record=True)
+        console.print(compare_table(rows, ["training.learning_rate"], width))
+        return [line.strip() for line in console.export_text().splitlines() if line.strip()]
+
+    wide = shown(200)
+    assert wide[0].split()[:3] == ["run", "learning_rate", "state"] and "peak GB" not in wide[0], wide
+    narrow = shown(80)
+    assert narrow[0].split() == [row["run_id"] for row in rows], narrow
+    (suite,) = [line for line in narrow if line.startswith("suite name · args")]
+    assert suite.split()[-7:] == ["0.000", "·", "0.000", "0.100", "·", "0.000"][-7:] and suite.count("·") == 3, suite
+    assert not any(line.startswith("peak GB") for line in narrow) and "…" not in "".join(narrow), narrow
