@@ -113,5 +113,5 @@ def test_compare_leaves_out_figures_no_run_has_and_turns_a_column_per_run_when_r
     narrow = shown(80)
     assert narrow[0].split() == [row["run_id"] for row in rows], narrow
     (suite,) = [line for line in narrow if line.startswith("suite name · args")]
-    assert suite.split()[-7:] == ["0.000", "·", "0.000", "0.100", "·", "0.000"][-7:] and suite.count("·") == 3, suite
+    assert suite.split()[-6:] == ["0.000", "·", "0.000", "0.100", "·", "0.000"], suite
     assert not any(line.startswith("peak GB") for line in narrow) and "…" not in "".join(narrow), narrow
