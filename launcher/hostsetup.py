@@ -296,7 +296,10 @@ def setup_host(
             on_log(item["log"])
         elif "installing" in item:
             what = item["installing"]
-            on_plan(plan.summary(host.name, what["venv"], what.get("free_bytes")))
+            if what.get("only"):  # the stack is there: only the --with/--fast packages it lacks
+                on_plan(f"setup {host.name}: {', '.join(what['only'])} into {what['venv']}, which runs use there")
+            else:
+                on_plan(plan.summary(host.name, what["venv"], what.get("free_bytes")))
         else:
             return "alive" not in item  # heartbeats only prove the laptop is still there
         return False

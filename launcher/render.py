@@ -411,6 +411,8 @@ def compare_table(rows: list[dict], differing: list[str], width: int = 160) -> T
     from launcher.compare import flat
 
     def config_text(value) -> str:
+        if value is None:
+            return "–"
         return ", ".join(map(str, value)) if isinstance(value, list) else plain(value)
 
     def suite(row: dict, prefix: str = "") -> str:
@@ -425,7 +427,8 @@ def compare_table(rows: list[dict], differing: list[str], width: int = 160) -> T
 
     configs = [flat(row.get("config") or {}) for row in rows]
     tool_calls = any(row.get("arguments_accuracy") is not None for row in rows)
-    columns = [(key.rsplit(".", 1)[-1], [config_text(c.get(key)) for c in configs], "left") for key in differing]
+    columns = [("experiment", [row.get("experiment") or "–" for row in rows], "left")]
+    columns += [(key.rsplit(".", 1)[-1], [config_text(c.get(key)) for c in configs], "left") for key in differing]
     columns += [
         ("state", [row.get("state") or "?" for row in rows], "left"),
         ("steps", [str(row.get("step") or "–") for row in rows], "right"),
@@ -464,8 +467,13 @@ def infer_table(answers: list[dict]) -> Table | Text:
     import json
 
     def call_text(answer: dict) -> str:
-        calls = answer.get("calls") or []
-        return "; ".join(f"{c.get('name')}({json.dumps(c.get('arguments'), ensure_ascii=False)})" for c in calls)
+        calls, unknown = answer.get("calls") or [], answer.get("unknown") or []
+
+        def one(call: dict) -> str:
+            text = f"{call.get('name')}({json.dumps(call.get('arguments'), ensure_ascii=False)})"
+            return text + (" - not one of the task's tools" if call.get("name") in unknown else "")
+
+        return "; ".join(one(c) for c in calls)
 
     if len(answers) == 1:
         answer = answers[0]

@@ -23,8 +23,10 @@ def test_a_run_exports_a_verified_q8_0_gguf_that_pull_brings_home(local_project)
     assert plain_pull.returncode == 0
     pulled = local_project / "tasks" / "demo" / "runs" / run_id
     assert not (pulled / "gguf").exists()  # big: only when asked
-    assert run_gpurun(local_project, "pull", "--gguf").returncode == 0
+    with_gguf = run_gpurun(local_project, "pull", "--gguf")
+    assert with_gguf.returncode == 0, with_gguf.stderr
     path = pulled / "gguf" / f"{run_id}-q8_0.gguf"
+    assert f"gguf: tasks/demo/runs/{run_id}/gguf/{run_id}-q8_0.gguf (" in with_gguf.stdout, with_gguf.stdout
     assert path.stat().st_size == said["bytes"]
 
     import gguf

@@ -18,6 +18,9 @@ def test_a_run_answers_a_prompt_a_file_of_them_and_from_the_pulled_copy(local_pr
     [answer] = json.loads(one.stdout)
     assert answer["prompt"] == QUESTION and answer["reply"] and isinstance(answer["calls"], list), answer
     assert answer["adapter"].endswith("/output")
+    tools = json.loads((local_project / "tasks/demo/data/train.jsonl").read_text().splitlines()[0])["tools"]
+    offered = {tool["function"]["name"] for tool in tools}
+    assert answer["unknown"] == [c["name"] for c in answer["calls"] if c["name"] not in offered], answer
     shown = run_gpurun(local_project, "infer", run_id, QUESTION, "--max-new-tokens", "24")
     assert shown.returncode == 0 and "call: " in shown.stdout, shown.stdout + shown.stderr
 
@@ -43,3 +46,17 @@ def test_infer_refuses_what_it_cannot_ask_in_one_line(local_project, tmp_path):
     assert refused.returncode == 1 and "bad.jsonl:2: not JSON" in refused.stderr, refused.stderr
     both = run_gpurun(local_project, "infer", "whatever", QUESTION, "--file", str(bad))
     assert "give a prompt or --file, not both" in both.stderr
+
+
+def test_a_call_to_a_function_the_task_does_not_offer_is_said_so():
+    from rich.console import Console
+
+    from launcher.render import infer_table
+
+    answer = {"prompt": "q", "reply": "<tool_call>...", "calls": [{"name": "get_leave", "arguments": {}}]}
+    console = Console(width=200, record=True)
+    console.print(infer_table([{**answer, "unknown": ["get_leave"]}]))
+    console.print(infer_table([{**answer, "calls": [{"name": "get_leave_balance", "arguments": {}}], "unknown": []}]))
+    shown = console.export_text()
+    assert "call: get_leave({}) - not one of the task's tools" in shown, shown
+    assert "call: get_leave_balance({})\n" in shown, shown

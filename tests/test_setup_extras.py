@@ -52,7 +52,8 @@ def test_the_host_half_adds_a_missing_extra_to_the_python_that_has_the_stack(tmp
     code = host_setup._add_extras(str(python), {"gpurun_extra_probe": "gpurun_extra_probe"}, offline, tmp_path / "v")
     said = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0, said
-    assert any("installing" in item for item in said), said  # the launcher prints its plan line on this
+    (installing,) = [item["installing"] for item in said if "installing" in item]  # the launcher's plan line
+    assert installing["only"] == ["gpurun_extra_probe"] and installing["venv"] == str(venv), installing
     report = said[-1]["done"]
     assert report["already"] is False and report["packages"]["gpurun_extra_probe"] == "1.0", report
     answer = subprocess.run([str(python), "-c", "import gpurun_extra_probe as p; print(p.ANSWER)"], capture_output=True)

@@ -102,6 +102,7 @@ def test_compare_leaves_out_figures_no_run_has_and_turns_a_column_per_run_when_r
          "step": 10, "train_loss": 1.5, "accuracy": 0.1 * i, "arguments_accuracy": 0.0, "memory_estimate_gb": 0.56}
         for i, lr in enumerate((0.003, 0.008))
     ]  # fmt: skip
+    rows[1]["experiment"] = "qlora"
 
     def shown(width: int) -> list[str]:
         console = Console(width=width, record=True)
@@ -109,7 +110,8 @@ def test_compare_leaves_out_figures_no_run_has_and_turns_a_column_per_run_when_r
         return [line.strip() for line in console.export_text().splitlines() if line.strip()]
 
     wide = shown(200)
-    assert wide[0].split()[:3] == ["run", "learning_rate", "state"] and "peak GB" not in wide[0], wide
+    assert wide[0].split()[:4] == ["run", "experiment", "learning_rate", "state"] and "peak GB" not in wide[0], wide
+    assert wide[2].split()[1:3] == ["–", "0.003"] and wide[3].split()[1:3] == ["qlora", "0.008"], wide
     narrow = shown(80)
     assert narrow[0].split() == [row["run_id"] for row in rows], narrow
     (suite,) = [line for line in narrow if line.startswith("suite name · args")]

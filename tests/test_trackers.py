@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_recipes import CHAT, events_of, train_recipe
+from trainer.host.interpreter import TRACKER_MODULES, missing_trackers
 from trainer.task.loading import config_from_dict
 from trainer.training import trackers
 
@@ -141,5 +142,24 @@ def test_seed_003s_logging_wandb_block_is_translated_and_a_missing_tracker_is_re
     assert named.report == ["tensorboard"] and named.wandb.name == "hr-routing-v2"
     with pytest.raises(Exception, match="not a tracker gpurun reports to"):
         config_from_dict({**raw, "report": ["wandbb"]})
-    monkeypatch.setitem(trackers.MODULES, "mlflow", "no_such_module_here")
-    assert trackers.missing_trackers(["tensorboard", "mlflow"]) == ["mlflow"]
+    monkeypatch.setitem(TRACKER_MODULES, "mlflow", "no_such_module_here")
+    assert missing_trackers(sys.executable, ["tensorboard", "mlflow", "wandb"]) == ["mlflow"]
+    other = "/usr/bin/python3"  # another Python, asked in a subprocess: Debian's has none of them
+    if Path(other).exists():
+        assert missing_trackers(other, ["wandb", "tensorboard"]) == ["wandb"]
+
+
+def test_start_refuses_a_tracker_the_training_python_lacks_before_the_run_exists(tmp_path, monkeypatch, capsys):
+    import io
+
+    from trainer.host import start
+
+    monkeypatch.setitem(TRACKER_MODULES, "wandb", "no_such_module_here")
+    run = {"run_id": "r1", "host": "a100", "config": {"report": ["tensorboard", "wandb"]}}
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps({"run": run, "env": {}})))
+    run_dir = tmp_path / "runs" / "r1"
+    assert start.cmd_start([str(run_dir)]) == 1
+    said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert said["error"].startswith("report: wandb is not installed in "), said
+    assert said["hint"].startswith("gpurun setup --host a100 --with wandb"), said
+    assert not run_dir.exists()  # nothing started, nothing to find

@@ -20,6 +20,25 @@ def missing_stack() -> list[str]:
     return [name for name in TRAINING_STACK if importlib.util.find_spec(name) is None]
 
 
+# The module each tracker of task.yaml's `report:` imports as (tensorboard comes with the stack).
+TRACKER_MODULES = {"wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
+
+
+def missing_trackers(python: str, report: list[str]) -> list[str]:
+    """The trackers `report:` names that `python` (the one the run will use) cannot import."""
+    wanted = [name for name in report if name in TRACKER_MODULES]
+    if not wanted:
+        return []
+    if python == sys.executable:
+        return [name for name in wanted if importlib.util.find_spec(TRACKER_MODULES[name]) is None]
+    import subprocess
+
+    check = "import importlib.util as u, sys; print(' '.join(n for n in sys.argv[1:] if u.find_spec(n) is None))"
+    found = subprocess.run([python, "-c", check, *(TRACKER_MODULES[n] for n in wanted)], capture_output=True, text=True)
+    missing = set(found.stdout.split())
+    return [name for name in wanted if TRACKER_MODULES[name] in missing]
+
+
 def host_workdir() -> Path | None:
     """<workdir> when this trainer is a pushed copy (<workdir>/trainer/<version>/trainer/), else None."""
     copy = Path(__file__).resolve().parent.parent  # .../trainer/<version>/trainer (this file is in trainer/host/)

@@ -128,7 +128,8 @@ def _add_extras(python: str, extras: dict[str, str], pip_args: list[str], venv: 
     missing = [requirement for module, requirement in extras.items() if not _imports(python, module)]
     if not missing:
         return _done(python, already=True, extras=extras)
-    reply({"installing": {"venv": str(Path(python).parent.parent), "free_bytes": shutil.disk_usage(python).free}})
+    where = str(Path(python).parent.parent)
+    reply({"installing": {"venv": where, "free_bytes": shutil.disk_usage(python).free, "only": missing}})
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *missing]
     _log(f"installing into {python}: {' '.join(missing)}")
     code = _run_pip(pip)

@@ -19,7 +19,7 @@ from trainer.host.checkpoint_size import free_space_refusal
 from trainer.host.disk import write_reserve
 from trainer.host.files import reply, write_atomic
 from trainer.host.gpus import GpuError, claim_gpus
-from trainer.host.interpreter import no_stack_message, training_python
+from trainer.host.interpreter import missing_trackers, no_stack_message, training_python
 from trainer.host.processes import write_pid_file
 from trainer.host.slurm import SlurmError, submit_run
 from trainer.host.state import run_state
@@ -35,11 +35,19 @@ def cmd_start(args: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     payload = json.load(sys.stdin)
     hold("host-start")  # tests: a drop during the start
-    if training_python() is None:
+    python = training_python()
+    if python is None:
         message, hint = no_stack_message()
         reply({"error": message, "hint": hint})
         return 1
     run, env = payload["run"], payload.get("env", {})
+    missing = missing_trackers(python, (run.get("config") or {}).get("report") or [])
+    if missing:  # before anything starts: the run would refuse it only once it had begun
+        names, host = ", ".join(missing), run.get("host") or "HOST"
+        message = f"report: {names} is not installed in {python}, the Python that runs the training there"
+        hint = f"gpurun setup --host {host} " + " ".join(f"--with {n}" for n in missing) + ", or remove it from report:"
+        reply({"error": message, "hint": hint})
+        return 1
     # Resolved here, once: a `~/gpurun` workdir reaches the host relative to the login's home.
     workdir = run_dir.resolve().parent.parent
     refusal = free_space_refusal(workdir, run.get("config") or {}, {**os.environ, **env})

@@ -49,7 +49,10 @@ def main(argv: list[str]) -> int:
         messages = [{"role": "system", "content": config.data.system_prompt}] if config.data.system_prompt else []
         messages.append({"role": "user", "content": prompt})
         reply = generate(model, tokenizer, messages, int(request.get("max_new_tokens") or 128), tools)
-        said = {"prompt": prompt, "reply": reply, "calls": parse_tool_calls(reply), "adapter": str(adapter)}
+        calls = parse_tool_calls(reply)
+        said = {"prompt": prompt, "reply": reply, "calls": calls, "adapter": str(adapter)}
+        offered = {tool.get("function", tool).get("name") for tool in tools or []}
+        said["unknown"] = [c.get("name") for c in calls if offered and c.get("name") not in offered]
         print(json.dumps(said, ensure_ascii=False), flush=True)
     return 0
 

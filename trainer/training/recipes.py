@@ -155,15 +155,16 @@ def host_problems(config: TaskConfig, task_dir: Path) -> list[Problem]:
     transformers and accelerate drop FSDP silently (use_cpu) and train plain DDP, every process holding the whole
     model: the run a user asked for would not be the run that trains."""
     import importlib.util
+    import sys
 
     import torch
 
-    problems = gpu_kernel_problems(config.training, torch.cuda.is_available())
-    from trainer.training.trackers import missing_trackers
+    from trainer.host.interpreter import missing_trackers
 
-    for name in missing_trackers(config.report):
-        hint = f"gpurun setup --host HOST --with {name}, or pip install {name} into the host's Python"
-        problems.append(Problem("report", f"{name} is not installed on this host; report: {name} needs it", hint))
+    problems = gpu_kernel_problems(config.training, torch.cuda.is_available())
+    for name in missing_trackers(sys.executable, config.report):  # start checked it; a Slurm node may differ
+        hint = f"gpurun setup --with {name} on this host, or pip install {name} into {sys.executable}"
+        problems.append(Problem("report", f"{name} is not installed here; report: {name} needs it", hint))
     d = config.distributed
     if d.strategy == "ddp":
         return problems

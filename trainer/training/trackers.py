@@ -21,14 +21,6 @@ from trainer.rundir import TRACKERS_DIR
 
 TRAIN_KEYS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm"}
 SUITE_KEYS = ("accuracy", "name_accuracy", "arguments_accuracy", "baseline_accuracy", "baseline_arguments_accuracy")
-MODULES = {"wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
-
-
-def missing_trackers(report: list[str]) -> list[str]:
-    """The trackers `report:` names that this Python cannot import."""
-    import importlib.util
-
-    return [name for name in report if name in MODULES and importlib.util.find_spec(MODULES[name]) is None]
 
 
 class Trackers:
