@@ -3,6 +3,7 @@ loss, the eval losses, the eval suite's scores and the samples, read back here w
 a tracker that fails never fails the run; seed 003's `logging.wandb` block is translated."""
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_recipes import CHAT, events_of, train_recipe
+from tests.test_recipes import CHAT, events_of, lay_out_run, train_recipe
 from trainer.host.interpreter import TRACKER_MODULES, missing_trackers
 from trainer.task.loading import config_from_dict
 from trainer.training import trackers
@@ -40,9 +41,11 @@ def wandb_records(path: Path):
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory):
+def reported(tmp_path_factory, model_cache):
+    # In a Python of its own, as on a host: this worker may have imported trackio already (TRL imports it with the
+    # preference trainers), with its folder fixed then.
     tmp = tmp_path_factory.mktemp("trackers")
-    run_dir = train_recipe(
+    run_dir = lay_out_run(
         tmp,
         {"train.jsonl": CHAT, "suite.jsonl": SUITE},
         data={"train": ["train.jsonl"], "eval_split": 0.25},
@@ -56,6 +59,12 @@ def reported(tmp_path_factory):
         wandb={"project": "hr-routing", "tags": ["seed-003"]},
         training={"max_steps": 3, "eval_strategy": "steps", "eval_steps": 3, "save_steps": 3},
     )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("TRACKIO_DIR", None)
+    ran = subprocess.run([sys.executable, "-m", "trainer", "run", str(run_dir)], env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     return run_dir
 
 
@@ -129,6 +138,13 @@ def test_a_tracker_that_fails_is_said_once_and_the_run_goes_on(tmp_path, monkeyp
     live = trackers.Trackers(["wandb"], {}, tmp_path, said.append)
     live.on_event({"kind": "log", "step": 1, "loss": 1.0})
     assert live.live == [] and len(said) == 1 and "events.jsonl keeps them all" in said[0], said
+    # trackio imported before its folder was set (TRL's preference trainers import it) would write elsewhere: said.
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "elsewhere"))
+    import trackio  # noqa: F401
+
+    if "trackio.utils" in sys.modules and str(sys.modules["trackio.utils"].TRACKIO_DIR) != str(tmp_path / "trackio"):
+        trackers.Trackers(["trackio"], {"task": "t", "name": "r1", "config": {}}, tmp_path / "other-run", said.append)
+        assert "imported before its folder was set" in said[-1], said
 
 
 def test_seed_003s_logging_wandb_block_is_translated_and_a_missing_tracker_is_refused(monkeypatch):

@@ -17,7 +17,15 @@ from trainer.builtin.tiny import default_cache_dir
 from trainer.checkpoints import latest_complete_checkpoint
 from trainer.events import EventWriter
 from trainer.pushed import copy_info
-from trainer.rundir import EVENTS_FILE, EXIT_INTERRUPTED, EXIT_STOPPED, OUTPUT_DIR, RUN_FILE, SECRET_NAMES
+from trainer.rundir import (
+    EVENTS_FILE,
+    EXIT_INTERRUPTED,
+    EXIT_STOPPED,
+    OUTPUT_DIR,
+    RUN_FILE,
+    SECRET_NAMES,
+    TRACKERS_DIR,
+)
 from trainer.task.loading import config_from_dict
 from trainer.task.problems import TaskError
 from trainer.task.schema import TaskConfig
@@ -153,6 +161,8 @@ def start(run_dir: Path) -> Run:
     # With several GPUs the wrapper starts one process per GPU (DDP); rank 0 speaks for the run.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     route_library_noise(run_dir / debug_log_name(rank))  # before the libraries load: train.log is for people
+    if "trackio" in (record.get("config") or {}).get("report", []):  # trackio reads it once, when imported (TRL does)
+        os.environ.setdefault("TRACKIO_DIR", str(run_dir / TRACKERS_DIR / "trackio"))
     events = EventWriter(run_dir / EVENTS_FILE if rank == 0 else None)
     if world > 1:  # which process this log is, as the launcher (torchrun) numbered it
         print(f"process: rank {rank} of {world} (local rank {os.environ.get('LOCAL_RANK', rank)})", flush=True)

@@ -159,8 +159,14 @@ class Trackio:
     name = "trackio"
 
     def start(self, folder: Path, context: dict) -> str:
-        os.environ["TRACKIO_DIR"] = str(folder / "trackio")  # read when trackio is imported
+        wanted = folder / "trackio"
+        os.environ["TRACKIO_DIR"] = str(wanted)  # read once, when trackio is imported (run.py sets it up front)
         import trackio
+        import trackio.utils
+
+        if Path(trackio.utils.TRACKIO_DIR) != wanted:  # imported before (TRL imports it): it would write elsewhere
+            found = trackio.utils.TRACKIO_DIR
+            raise RuntimeError(f"trackio was imported before its folder was set; it writes to {found}")
 
         self.trackio = trackio
         trackio.init(
