@@ -209,7 +209,7 @@ def pull(run, checkpoints, partial, watch, interval, force, merged, gguf):
             f"its checkpoints come with: gpurun pull {record.run_id} --checkpoints"
         )
     for exported in sorted((job.dest / "gguf").glob("*.gguf")) if gguf else ():
-        console.print(f"gguf: [bold]{shown_path(opened.root, exported)}[/] ({exported.stat().st_size / 1e6:.1f} MB)")
+        console.print(f"gguf: [bold]{shown_path(opened.root, exported)}[/] ({exported.stat().st_size / 2**20:.1f} MB)")
     console.print(f"pulled {record.run_id} ({state.get('state')}) into {shown_path(opened.root, job.dest)}")
     for offline in sorted((job.dest / "trackers" / "wandb").glob("offline-run-*")):
         console.print(f"W&B offline run: upload it with: wandb sync {shown_path(opened.root, offline)}", markup=False)

@@ -404,10 +404,11 @@ def shown_path(root: Path, path: Path) -> str:
         return str(path)
 
 
-def compare_table(rows: list[dict], differing: list[str], width: int = 160) -> Table:
+def compare_table(rows: list[dict], differing: list[str], width: int = 160) -> Table | object:
     """gpurun compare: a row per run; the config keys that differ, then the figures. A figure no run has (peak GPU
     memory on the CPU, the suite of a task without one) is left out; when a row per run would not fit `width`
-    columns, a column per run instead (fields down the side), so that no figure is cut."""
+    columns, a column per run instead (fields down the side), numbered below a list of the ids when even those
+    would be cut, so that no figure and no id is."""
     from launcher.compare import flat
 
     def config_text(value) -> str:
@@ -446,14 +447,21 @@ def compare_table(rows: list[dict], differing: list[str], width: int = 160) -> T
 
     ids = [row["run_id"] for row in rows]
     natural = max(map(len, ids)) + sum(max(len(head), *map(len, values)) + 3 for head, values, _ in shown)
-    table = Table(title=None, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False)  # no rules between columns
+    table = Table(title=None, show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     if natural > width:
+        field = max(len(head) for head, _, _ in shown)
+        cells = max(len(v) for _, values, _ in shown for v in values)
+        numbered = field + len(ids) * (max(map(len, ids)) + 3) > width  # the ids themselves would be cut
         table.add_column("", no_wrap=True)
-        for run_id in ids:
-            table.add_column(run_id, justify="right")
+        for i, run_id in enumerate(ids, 1):
+            table.add_column(str(i) if numbered else run_id, justify="right", min_width=min(cells, 12))
         for head, values, _ in shown:
             table.add_row(head, *values)
-        return table
+        if not numbered:
+            return table
+        from rich.console import Group
+
+        return Group(*(Text(f"{i}  {run_id}") for i, run_id in enumerate(ids, 1)), Text(""), table)
     table.add_column("run", no_wrap=True)
     for head, _, justify in shown:
         table.add_column(head, justify=justify)

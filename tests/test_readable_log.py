@@ -38,7 +38,8 @@ def test_a_qlora_run_and_its_merge_write_no_library_noise_where_people_read(loca
     assert merge.returncode == 0, merge.stdout + merge.stderr
 
     train_log = (run_dir / "train.log").read_bytes().decode()
-    assert "[summary] step 6/6" in train_log  # the run really trained, in 4 bit
+    assert "[summary] step 6/6" in train_log  # the run really trained, in 4 bit, and says so
+    assert "base model loaded in 4 bit (nf4) by bitsandbytes (QLoRA)" in train_log, train_log
     assert json.loads((run_dir / "run.json").read_text())["config"]["quantization"]["load_in_4bit"] is True
     assert noisy_lines(train_log) == []
     assert noisy_lines(logs.stdout + logs.stderr) == []

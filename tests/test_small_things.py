@@ -117,3 +117,6 @@ def test_compare_leaves_out_figures_no_run_has_and_turns_a_column_per_run_when_r
     (suite,) = [line for line in narrow if line.startswith("suite name · args")]
     assert suite.split()[-6:] == ["0.000", "·", "0.000", "0.100", "·", "0.000"], suite
     assert not any(line.startswith("peak GB") for line in narrow) and "…" not in "".join(narrow), narrow
+    numbered = shown(60)  # not even the ids fit side by side: numbered columns below a list of them
+    assert numbered[:2] == [f"1  {rows[0]['run_id']}", f"2  {rows[1]['run_id']}"] and numbered[2].split() == ["1", "2"]
+    assert "…" not in "".join(numbered), numbered

@@ -65,6 +65,7 @@ def reported(tmp_path_factory, model_cache):
     ran = subprocess.run([sys.executable, "-m", "trainer", "run", str(run_dir)], env=env, capture_output=True,
                          text=True, timeout=600)  # fmt: skip
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    (run_dir / "train.log").write_text(ran.stdout + ran.stderr)  # what the wrapper would have written there
     return run_dir
 
 
@@ -112,6 +113,11 @@ print(json.dumps({"losses": [r["train/loss"] for r in logs if "train/loss" in r]
     logged = [e["loss"] for e in events_of(reported) if e["kind"] == "log" and "loss" in e]
     assert got["losses"] == pytest.approx(logged) and got["suite"], got
     assert got["config"]["base_model"] == "builtin:tiny" and got["config"]["run_id"] == "r1", got["config"]
+
+    said = (reported / "train.log").read_text()
+    assert f"trackio: local; see it with: TRACKIO_DIR={folder / 'trackio'} trackio show --project t" in said, said
+    assert f"mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}" in said, said
+    assert "mlflow.store" not in said and "INFO" not in said, said  # MLflow's own log lines go to debug.log
 
     from mlflow.tracking import MlflowClient
 

@@ -320,6 +320,10 @@ def load_the_model(run: Run) -> int | None:
         run.labels = label_names(run.splits["train"])
     labels = run.labels
     run.model = load_model(run.config, run.base, num_labels=len(labels) if labels else None)
+    q = run.config.quantization
+    if q is not None and (q.load_in_4bit or q.load_in_8bit):  # the only other sign would be the weights' size
+        bits = f"4 bit ({q.bnb_4bit_quant_type})" if q.load_in_4bit else "8 bit"
+        print(f"base model loaded in {bits} by bitsandbytes (QLoRA)", flush=True)
     if labels:
         run.model.config.id2label = dict(enumerate(labels))
         run.model.config.label2id = {name: i for i, name in enumerate(labels)}

@@ -174,7 +174,7 @@ class Trackio:
                 "run_id": context["run_id"], "experiment": context["experiment"], "overrides": context["overrides"]},
             space_id=None, embed=False, auto_log_gpu=False, auto_log_cpu=False,
         )  # fmt: skip
-        return f"local, in {folder / 'trackio'} (see it with: trackio show --project {context['task']})"
+        return f"local; see it with: TRACKIO_DIR={wanted} trackio show --project {context['task']}"
 
     def log(self, metrics: dict, step) -> None:
         self.trackio.log(metrics, step=step)
@@ -195,8 +195,14 @@ class MLflow:
     name = "mlflow"
 
     def start(self, folder: Path, context: dict) -> str:
+        import logging
+
         import mlflow
 
+        # MLflow gives its logger a handler of its own on stderr (train.log): its INFO lines go where the other
+        # libraries' go instead (debug.log, trainer/training/quiet.py).
+        mlflow_log = logging.getLogger("mlflow")
+        mlflow_log.handlers, mlflow_log.propagate = [], True
         folder.mkdir(parents=True, exist_ok=True)
         self.mlflow = mlflow
         mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
@@ -212,7 +218,7 @@ class MLflow:
         params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat(context["config"]).items()}
         params.update(experiment=context["experiment"] or "", overrides=" ".join(context["overrides"]))
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        return f"local, in {folder / 'mlflow.db'} (see it with: mlflow ui --backend-store-uri sqlite:///...)"
+        return f"local; see it with: mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}"
 
     def log(self, metrics: dict, step) -> None:
         self.mlflow.log_metrics(metrics, step=step)
