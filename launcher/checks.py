@@ -1,8 +1,9 @@
 """Check a task on the laptop with the trainer's own schema and row checks, before anything moves.
 
-Both checks are cached under the project's state dir (`.gpurun/checked/`), each by what shapes its result and
-nothing else, the way the host caches the tokenized data: a `train` with another learning rate, step count or
-experiment that leaves the rows and tokens alone, or a `push` of unchanged data, skips them (and says so).
+Both checks are cached in the user's cache (`~/.cache/gpurun/checked/`, or `$GPURUN_CACHE/checked/`), each by what
+shapes its result and nothing else, the way the host caches the tokenized data: a `train` with another learning
+rate, step count or experiment that leaves the rows and tokens alone, or a `push` of unchanged data, skips them (and
+says so). The keys hold content, not a project, so a second clone of the same task is not checked again either.
 Only a clean result is cached: a task with a problem is checked again every time, and refused every time.
 """
 
@@ -31,7 +32,7 @@ class CheckedTask:
     config: TaskConfig
     counts: dict[str, int]
     notices: list[str] = field(default_factory=list)
-    rows_cached: bool = False  # the row checks' result came from .gpurun/checked/ (the data did not change)
+    rows_cached: bool = False  # the row checks' result came from the check cache (the data did not change)
     report: dict | None = None  # the token checks' report (check_all), None when they ran nowhere here
     tokens_cached: bool = False
 
@@ -54,7 +55,7 @@ def check_task(
     notices: list[str] = []
     try:
         config = load_task(task_dir, overrides=overrides, experiment=experiment, notices=notices)
-        cache = _cache_file(root, "rows", rows_key(task_dir, config)) if root is not None else None
+        cache = _cache_file("rows", rows_key(task_dir, config)) if root is not None else None
         hit = _read_cache(cache)
         if hit is not None:
             return CheckedTask(config, hit["counts"], notices + hit["notices"], rows_cached=True)
@@ -143,7 +144,7 @@ def token_checks(
             config = load_task(task_dir, overrides=overrides, experiment=experiment)
         except TaskError as exc:
             raise task_error(exc, task_dir) from None
-    cache = _cache_file(root, "tokens", tokens_key(task_dir, config))
+    cache = _cache_file("tokens", tokens_key(task_dir, config))
     hit = None if show else _read_cache(cache)
     if hit is not None:
         if cached is not None:
@@ -209,6 +210,7 @@ def rows_key(task_dir: Path, config: TaskConfig) -> str:
     suite's file and fields, and the code that reads them. Not the training settings, the model or the experiment."""
     key = _Key("rows")
     key.sources(_task_sources())
+    key.part("task_dir", str(task_dir))  # as typed: the notices and problems name files by it
     key.part("task", config.task)
     key.part("data", json.dumps(config_to_dict(config)["data"], sort_keys=True, ensure_ascii=False, default=str))
     suite = config.eval_suite
@@ -304,10 +306,11 @@ def _file_digest(path: Path) -> bytes:
 # --- the cache files ----------------------------------------------------------------------------------------------
 
 
-def _cache_file(root: Path, kind: str, key: str) -> Path:
-    from launcher.project import state_dir
-
-    return state_dir(root) / "checked" / f"{kind}-{key}.json"
+def _cache_file(kind: str, key: str) -> Path:
+    """One cache for every project on this machine (the key is content): $GPURUN_CACHE/checked, where the builtin
+    model's cache also lives when it is set, else ~/.cache/gpurun/checked."""
+    base = Path(os.environ["GPURUN_CACHE"]) if os.environ.get("GPURUN_CACHE") else _xdg_cache() / "gpurun"
+    return base / "checked" / f"{kind}-{key}.json"
 
 
 def _read_cache(path: Path | None) -> dict | None:

@@ -15,7 +15,7 @@ from launcher.errors import GpurunError
 from launcher.hostcalls import host_error, json_object, stream_setup
 from launcher.remote import Remote, ssh_failure
 from launcher.sync import push_trainer
-from trainer.host.interpreter import READY_MARKER, TRAINING_STACK, VENV_DIR
+from trainer.host.interpreter import READY_MARKER, TRACKER_MODULES, TRAINING_STACK, VENV_DIR
 
 MIN_PYTHON = (3, 10)
 
@@ -182,7 +182,7 @@ def train_requirements(extra: str = "train") -> list[str]:
 
 
 # The module each extra package imports as: `setup --with NAME` (a tracker task.yaml's `report:` names), `--fast`.
-MODULES = {"wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow", "liger-kernel": "liger_kernel"}
+MODULES = {**TRACKER_MODULES, "liger-kernel": "liger_kernel"}
 
 
 def extra_packages(with_: tuple[str, ...], fast: bool, has_gpu: bool) -> tuple[list[str], str | None]:

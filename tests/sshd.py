@@ -93,6 +93,7 @@ def start_sshd(base: Path, authorized_keys: str | None = None, allow_users: str 
                 "PubkeyAuthentication yes",
                 "PermitRootLogin prohibit-password",
                 "AcceptEnv LANG LC_*",
+                "SetEnv OMP_NUM_THREADS=1",  # as tests/conftest.py sets it for the processes tests start
                 "",
             ]
         )

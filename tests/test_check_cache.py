@@ -3,7 +3,10 @@ only a training setting, and a `push` of unchanged data, skip them and say so; w
 checks again, and a bad row is refused even after a clean, cached run."""
 
 import re
+import shutil
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import run_gpurun
 
@@ -16,15 +19,26 @@ def started(output: str) -> str:
     return match.group(1)
 
 
-def cache_files(project: Path, kind: str) -> set[str]:
-    return {p.name for p in (project / ".gpurun" / "checked").glob(f"{kind}-*.json")}
+@pytest.fixture
+def checked(tmp_path, model_cache, monkeypatch) -> Path:
+    """A cold check cache of this test's own (every other test shares one, keyed by content), beside the shared
+    builtin model."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(model_cache / "models")
+    monkeypatch.setenv("GPURUN_CACHE", str(cache))
+    return cache / "checked"
 
 
-def test_train_with_only_the_learning_rate_changed_skips_the_checks(local_project):
+def cache_files(checked: Path, kind: str) -> set[str]:
+    return {p.name for p in checked.glob(f"{kind}-*.json")}
+
+
+def test_train_with_only_the_learning_rate_changed_skips_the_checks(local_project, checked):
     first = run_gpurun(local_project, "train", "tasks/demo", "--set", "training.learning_rate=1e-3")
     assert first.returncode == 0, first.stderr
     assert CACHED not in first.stdout, first.stdout
-    assert len(cache_files(local_project, "tokens")) == 1 and len(cache_files(local_project, "rows")) == 1
+    assert len(cache_files(checked, "tokens")) == 1 and len(cache_files(checked, "rows")) == 1
     second = run_gpurun(
         local_project, "train", "tasks/demo", "--set", "training.learning_rate=2e-3", "--set", "training.max_steps=5"
     )
@@ -37,18 +51,18 @@ def test_train_with_only_the_learning_rate_changed_skips_the_checks(local_projec
     longer = run_gpurun(local_project, "validate", "tasks/demo", "--set", "training.max_length=800")
     assert longer.returncode == 0, longer.stderr
     assert f"rows: {CACHED}" in longer.stdout and "rows and tokens" not in longer.stdout, longer.stdout
-    assert len(cache_files(local_project, "tokens")) == 2
+    assert len(cache_files(checked, "tokens")) == 2
 
     # A corrupt cache file is ignored: checked again, and written anew.
-    for name in cache_files(local_project, "tokens") | cache_files(local_project, "rows"):
-        (local_project / ".gpurun" / "checked" / name).write_text("{not json")
+    for name in cache_files(checked, "tokens") | cache_files(checked, "rows"):
+        (checked / name).write_text("{not json")
     again = run_gpurun(local_project, "validate", "tasks/demo", "--set", "training.max_length=800")
     assert again.returncode == 0 and CACHED not in again.stdout, again.stdout + again.stderr
     cached = run_gpurun(local_project, "validate", "tasks/demo", "--set", "training.max_length=800")
     assert f"rows and tokens: {CACHED}" in cached.stdout, cached.stdout
 
 
-def test_a_changed_row_is_checked_again_and_a_bad_one_refused_after_a_cached_run(local_project):
+def test_a_changed_row_is_checked_again_and_a_bad_one_refused_after_a_cached_run(local_project, checked):
     train = local_project / "tasks" / "demo" / "data" / "train.jsonl"
     assert run_gpurun(local_project, "push", "tasks/demo").returncode == 0
     unchanged = run_gpurun(local_project, "push", "tasks/demo")
@@ -69,3 +83,9 @@ def test_a_changed_row_is_checked_again_and_a_bad_one_refused_after_a_cached_run
     train.write_text("\n".join(lines) + "\n")  # back to the first bytes: its cached result serves again
     restored = run_gpurun(local_project, "push", "tasks/demo")
     assert restored.returncode == 0 and f"rows: {CACHED}" in restored.stdout, restored.stdout + restored.stderr
+
+    # The cache is the machine's, keyed by content: a second clone of the project is not checked again.
+    clone = local_project.parent / "clone"
+    shutil.copytree(local_project, clone, ignore=shutil.ignore_patterns(".gpurun"))
+    cloned = run_gpurun(clone, "push", "tasks/demo")
+    assert cloned.returncode == 0 and f"rows: {CACHED}" in cloned.stdout, cloned.stdout + cloned.stderr

@@ -27,16 +27,21 @@ TRACKER_MODULES = {"wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
 def missing_trackers(python: str, report: list[str]) -> list[str]:
     """The trackers `report:` names that `python` (the one the run will use) cannot import."""
     wanted = [name for name in report if name in TRACKER_MODULES]
-    if not wanted:
-        return []
+    missing = missing_modules(python, [TRACKER_MODULES[name] for name in wanted])
+    return [name for name in wanted if TRACKER_MODULES[name] in missing]
+
+
+def missing_modules(python: str, modules: list[str]) -> set[str]:
+    """The modules `python` cannot import, found without importing them (in this process when it is this one)."""
+    if not modules:
+        return set()
     if python == sys.executable:
-        return [name for name in wanted if importlib.util.find_spec(TRACKER_MODULES[name]) is None]
+        return {name for name in modules if importlib.util.find_spec(name) is None}
     import subprocess
 
     check = "import importlib.util as u, sys; print(' '.join(n for n in sys.argv[1:] if u.find_spec(n) is None))"
-    found = subprocess.run([python, "-c", check, *(TRACKER_MODULES[n] for n in wanted)], capture_output=True, text=True)
-    missing = set(found.stdout.split())
-    return [name for name in wanted if TRACKER_MODULES[name] in missing]
+    found = subprocess.run([python, "-c", check, *modules], capture_output=True, text=True)
+    return set(found.stdout.split()) if found.returncode == 0 else set(modules)  # a Python that fails imports none
 
 
 def host_workdir() -> Path | None:

@@ -26,7 +26,14 @@ import time
 from pathlib import Path
 
 from trainer.host.files import reply, write_atomic
-from trainer.host.interpreter import READY_MARKER, missing_stack, ready_venv_python, setup_venv, venv_python
+from trainer.host.interpreter import (
+    READY_MARKER,
+    missing_modules,
+    missing_stack,
+    ready_venv_python,
+    setup_venv,
+    venv_python,
+)
 
 # Run by the venv's Python: what the user needs to know about the stack, and whether CUDA works.
 PROBE = """
@@ -125,7 +132,8 @@ def _setup(args: list[str]) -> int:
 
 def _add_extras(python: str, extras: dict[str, str], pip_args: list[str], venv: Path) -> int:
     """The stack is there: pip adds only the extra packages that do not import in the Python the runs use."""
-    missing = [requirement for module, requirement in extras.items() if not _imports(python, module)]
+    absent = missing_modules(python, list(extras))
+    missing = [requirement for module, requirement in extras.items() if module in absent]
     if not missing:
         return _done(python, already=True, extras=extras)
     where = str(Path(python).parent.parent)
@@ -137,11 +145,6 @@ def _add_extras(python: str, extras: dict[str, str], pip_args: list[str], venv: 
         return _fail(f"pip install {' '.join(missing)} failed (exit {code})", "the lines above say why")
     ours = Path(python) == venv_python(venv)  # the marker holds the report: rewritten with the new packages
     return _done(python, already=False, mark=venv / READY_MARKER if ours else None, extras=extras)
-
-
-def _imports(python: str, module: str) -> bool:
-    found = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
-    return subprocess.run([python, "-c", found], capture_output=True).returncode == 0
 
 
 def pip_steps(python: str, pip_args: list[str], torch_pip_args: list[str], requirements: list[str]) -> list[list[str]]:
