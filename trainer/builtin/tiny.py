@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the built artifact changes, so stale caches are never reused.
-TINY_VERSION = "7"
+TINY_VERSION = "8"
 BUILTIN_PREFIX = "builtin:"
 KNOWN_BUILTINS = ("tiny",)
 TINY_BASE_MODEL = f"{BUILTIN_PREFIX}tiny"  # what a task's base_model says
@@ -36,7 +36,7 @@ LOCAL_TINY_DIR = f"builtin-tiny-v{TINY_VERSION}"  # the folder name in every cac
 SHIPPED_TINY_DIR = Path(__file__).resolve().parent / f"tiny-v{TINY_VERSION}"
 # sha256 of SHIPPED_TINY_DIR/model.safetensors: a copy that differs is refused (and trainer_version, which hashes
 # the .py files, changes with the weights)
-TINY_SHA256 = "d1c56708f4eda9df7488768df0ee90071cad1915b21f759434d1164ffe51c4cc"
+TINY_SHA256 = "ad0768181a771f627be99d17b486d0a6e7a96f1ddf0b8dcbee6149f887d74f3e"
 
 QWEN2_SPLIT_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
