@@ -145,7 +145,7 @@ def builtin_name(base_model: str) -> str:
 
 
 def tiny_module_names() -> list[str]:
-    """The layers LoRA can adapt in builtin:tiny (two Qwen2 decoder layers, tied embeddings); a test holds them
+    """The layers LoRA can adapt in builtin:tiny (four Qwen2 decoder layers, tied embeddings); a test holds them
     to the built model's."""
     names = ["model.embed_tokens", "lm_head"]
     for i in range(TINY_LAYERS):
