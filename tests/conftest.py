@@ -25,8 +25,8 @@ from tests.sshd import SSHD, SSHServer, start_sshd
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Two test workers share two cores: torch's default of one thread per core makes each training process spin-wait
-# for the core the other worker holds. Measured on a run of the demo task beside a busy worker: 38.6 s of CPU with
+# The test workers share two cores: torch's default of one thread per core makes each training process spin-wait
+# for a core another worker holds. Measured on a run of the demo task beside a busy worker: 38.6 s of CPU with
 # the default, 16.8 s with one thread. Every process a test starts inherits it; tests/sshd.py sets it for ssh sessions.
 # A thread count changes the speed, not what a run does.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
